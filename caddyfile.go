@@ -1,0 +1,177 @@
+package wstotcp
+
+import (
+	"math"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	x := new(Handler)
+	err := x.UnmarshalCaddyfile(h.Dispenser)
+	return x, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	ws_to_tcp [<matcher>] [<upstream...>] {
+//		to <upstream...>
+//		dial_timeout <duration>
+//		upstream_tls {
+//			ca <pem file>
+//			server_name <name>
+//			insecure_skip_verify
+//		}
+//		subprotocols <name...>
+//		message_type binary|text
+//		max_message_size <size>
+//		validate_utf8
+//		buffer_size <size>
+//		write_timeout <duration>
+//		reload_close_after <duration>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name; httpcaddyfile removed the matcher
+	for d.NextArg() {
+		h.Upstreams = append(h.Upstreams, &Upstream{Dial: d.Val()})
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] && sub != "to" {
+			return d.Errf("%s: already specified", sub)
+		}
+		seen[sub] = true
+		var err error
+		switch sub {
+		case "to":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("to: at least one upstream address is required")
+			}
+			for _, a := range args {
+				h.Upstreams = append(h.Upstreams, &Upstream{Dial: a})
+			}
+		case "dial_timeout":
+			err = parseDuration(d, &h.DialTimeout)
+		case "write_timeout":
+			err = parseDuration(d, &h.WriteTimeout)
+		case "reload_close_after":
+			err = parseDuration(d, &h.ReloadCloseAfter)
+		case "upstream_tls":
+			err = h.parseUpstreamTLS(d)
+		case "subprotocols":
+			h.Subprotocols = d.RemainingArgs()
+			if len(h.Subprotocols) == 0 {
+				return d.Errf("subprotocols: at least one name is required")
+			}
+			for _, p := range h.Subprotocols {
+				if !isToken(p) {
+					return d.Errf("subprotocols: %q is not a valid protocol name", p)
+				}
+			}
+		case "message_type":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.Errf("message_type: expected binary or text")
+			}
+			if v != "binary" && v != "text" {
+				return d.Errf("message_type: %q is neither binary nor text", v)
+			}
+			h.MessageType = v
+		case "max_message_size":
+			var n int64
+			n, err = parseSize(d)
+			h.MaxMessageSize = n
+		case "buffer_size":
+			var n int64
+			n, err = parseSize(d)
+			if err == nil && (n < minBufferSize || n > maxBufferSize) {
+				return d.Errf("buffer_size: %s is outside 512 B to 16 MiB", d.Val())
+			}
+			h.BufferSize = int(n)
+		case "validate_utf8":
+			if d.NextArg() {
+				return d.Errf("validate_utf8: takes no arguments")
+			}
+			h.ValidateUTF8 = true
+		default:
+			return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *Handler) parseUpstreamTLS(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.Errf("upstream_tls: takes a block, not arguments")
+	}
+	h.UpstreamTLS = new(UpstreamTLS)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "ca":
+			if !d.AllArgs(&h.UpstreamTLS.CA) {
+				return d.Errf("upstream_tls: ca: expected one PEM file")
+			}
+		case "server_name":
+			if !d.AllArgs(&h.UpstreamTLS.ServerName) {
+				return d.Errf("upstream_tls: server_name: expected one name")
+			}
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return d.Errf("upstream_tls: insecure_skip_verify: takes no arguments")
+			}
+			h.UpstreamTLS.InsecureSkipVerify = true
+		default:
+			return d.Errf("upstream_tls: unrecognized subdirective %q", sub)
+		}
+	}
+	return nil
+}
+
+// parseDuration reads the one duration argument of the current subdirective.
+func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.Errf("%s: expected one duration", sub)
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: invalid duration %q: %v", sub, s, err)
+	}
+	if dur < 0 {
+		return d.Errf("%s: duration %q must not be negative", sub, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// parseSize reads the one size argument of the current subdirective:
+// bytes, or with a unit such as 64KiB or 1MB.
+func parseSize(d *caddyfile.Dispenser) (int64, error) {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.Errf("%s: expected one size", sub)
+	}
+	n, err := humanize.ParseBytes(strings.TrimSpace(s))
+	if err != nil {
+		return 0, d.Errf("%s: invalid size %q: %v", sub, s, err)
+	}
+	if n > math.MaxInt64 {
+		return 0, d.Errf("%s: size %q is too large", sub, s)
+	}
+	return int64(n), nil
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,218 @@
+package wstotcp
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// testServer is an in-process Caddy on ports chosen at run time, so that
+// test runs do not collide with each other or with a real Caddy.
+type testServer struct {
+	t         testing.TB
+	httpPort  int
+	adminPort int
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyMu serialises the tests that run a Caddy: there is one per process.
+var caddyMu sync.Mutex
+
+// startCaddy loads a Caddyfile whose site blocks may use {HTTP} for the
+// site address (http://127.0.0.1:<port>) and {ADMIN} for the admin address.
+// It stops Caddy when the test ends.
+func startCaddy(t testing.TB, sites string) *testServer {
+	t.Helper()
+	caddyMu.Lock()
+	s := &testServer{t: t, httpPort: freePort(t), adminPort: freePort(t)}
+	t.Cleanup(func() {
+		caddy.Stop()
+		caddyMu.Unlock()
+	})
+	s.load(sites)
+	return s
+}
+
+// load (re)loads the configuration, as `caddy reload` does.
+func (s *testServer) load(sites string) {
+	s.t.Helper()
+	if err := s.tryLoad(sites); err != nil {
+		s.t.Fatalf("loading config: %v", err)
+	}
+}
+
+func (s *testServer) tryLoad(sites string) error {
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	http_port %d
+	skip_install_trust
+	grace_period 1ns
+	persist_config off
+}
+`, s.adminPort, s.httpPort) + strings.NewReplacer(
+		"{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort),
+		"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", s.adminPort),
+	).Replace(sites)
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return err
+	}
+	return caddy.Load(js, true)
+}
+
+func (s *testServer) wsURL(path string) string {
+	return fmt.Sprintf("ws://127.0.0.1:%d%s", s.httpPort, path)
+}
+
+func (s *testServer) httpURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.httpPort, path)
+}
+
+// dial opens a WebSocket; it fails the test if the handshake fails.
+func (s *testServer) dial(path string, hdr http.Header) *websocket.Conn {
+	s.t.Helper()
+	c, resp, err := s.tryDial(path, hdr)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		s.t.Fatalf("dial %s: %v (status %d)", path, err, status)
+	}
+	return c
+}
+
+func (s *testServer) tryDial(path string, hdr http.Header) (*websocket.Conn, *http.Response, error) {
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+	return d.Dial(s.wsURL(path), hdr)
+}
+
+// upstream is a TCP (or Unix) server on a run-time address whose
+// connections are handed to the test.
+type upstream struct {
+	ln    net.Listener
+	conns chan net.Conn
+	addr  string // as written in a Caddyfile
+}
+
+func newUpstream(t testing.TB, network, address string) *upstream {
+	t.Helper()
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &upstream{ln: ln, conns: make(chan net.Conn, 1024)}
+	u.addr = ln.Addr().String()
+	if network == "unix" {
+		u.addr = "unix/" + address
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.conns <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for {
+			select {
+			case c := <-u.conns:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return u
+}
+
+// accept returns the next connection, or fails the test after 10 s.
+func (u *upstream) accept(t testing.TB) net.Conn {
+	t.Helper()
+	select {
+	case c := <-u.conns:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream: no connection within 10s")
+		return nil
+	}
+}
+
+// echoUpstream serves every connection by echoing it.
+func echoUpstream(t testing.TB) *upstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return &upstream{ln: ln, addr: ln.Addr().String()}
+}
+
+// deterministic data: a reproducible stream whose hash both ends compute.
+type patternReader struct{ i byte }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	for k := range b {
+		b[k] = p.i*7 + byte(k>>8)
+		p.i++
+	}
+	return len(b), nil
+}
+
+func patternHash(n int64) [32]byte {
+	h := sha256.New()
+	io.CopyN(h, &patternReader{}, n)
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+func withTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,237 @@
+// Package wstotcp is a Caddy HTTP handler that relays WebSocket clients to
+// TCP or Unix-socket upstreams, byte for byte: the job websockify does for
+// noVNC, browser terminals and MQTT over WebSocket, done inside Caddy.
+package wstotcp
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("ws_to_tcp", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("ws_to_tcp", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// Defaults of the optional settings.
+const (
+	defaultDialTimeout  = 5 * time.Second
+	defaultWriteTimeout = 30 * time.Second
+	defaultBufferSize   = 32 * 1024
+	minBufferSize       = 512
+	maxBufferSize       = 16 * 1024 * 1024
+
+	// Gorilla's read buffer for the client connection: frames are parsed
+	// from it, and a burst of small messages read in one system call.
+	clientReadBufferSize = 4096
+)
+
+// Handler relays each WebSocket connection to a TCP or Unix-socket upstream.
+//
+// A request that is not a WebSocket upgrade is passed to the next handler,
+// so ws_to_tcp can share a path with a file_server (noVNC's files, say).
+// The upstream is dialled before the 101 response: a refused upstream gives
+// 502 and a dial timeout 504, and then no upgrade happens.
+//
+// Placeholders set for later handlers and the access log:
+//
+// | placeholder | value |
+// |---|---|
+// | `{http.ws_to_tcp.conn_id}` | the tunnel's id, as the admin API and logs show it |
+// | `{http.ws_to_tcp.upstream}` | the upstream address dialled |
+// | `{http.ws_to_tcp.subprotocol}` | the subprotocol echoed to the client, if any |
+type Handler struct {
+	// The upstreams to relay to. Each `dial` address is `host:port`,
+	// `tcp/host:port`, `unix//path/to.sock` or `tls/host:port` (TLS to the
+	// upstream, see `upstream_tls`). Required.
+	Upstreams []*Upstream `json:"upstreams,omitempty"`
+
+	// How long to wait for an upstream's TCP handshake (and TLS handshake
+	// for `tls/` upstreams) before answering 504. Default: 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// TLS settings for `tls/` upstreams. Default: the system's roots and the
+	// upstream's host name as server name.
+	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
+
+	// The accepted subprotocols, in server preference order: the first one
+	// the client also offered is echoed, and a client that offers none of
+	// them gets 400. `binary` and `base64` have websockify's meaning (base64
+	// text frames both ways); any other name is echoed and the data passed
+	// through. Default: any offered protocol is accepted and the client's
+	// first offer echoed.
+	Subprotocols []string `json:"subprotocols,omitempty"`
+
+	// The frame type of messages to the client: `binary` or `text`. With
+	// `text`, a UTF-8 sequence split by a read is carried over to the next
+	// message, and bytes that are not UTF-8 are replaced by U+FFFD.
+	// Ignored when the `base64` subprotocol is selected. Default: binary.
+	MessageType string `json:"message_type,omitempty"`
+
+	// The largest client message, in bytes; a larger one closes the
+	// connection with 1009. Default: 0, unlimited (messages are streamed to
+	// the upstream, never held whole).
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// Check that client text messages are valid UTF-8 (incrementally,
+	// across fragments) and close with 1007 when one is not. Default: off,
+	// text messages are passed through as bytes.
+	ValidateUTF8 bool `json:"validate_utf8,omitempty"`
+
+	// The relay's buffer each way, in bytes: the largest upstream read sent
+	// as one message, and the most client data gathered into one upstream
+	// write. Between 512 B and 16 MiB. Default: 32768.
+	BufferSize int `json:"buffer_size,omitempty"`
+
+	// How long a client may take to accept a message before it is dropped.
+	// Default: 30s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// Open tunnels survive a config reload by default. When set, the tunnels
+	// of an unloaded configuration are closed with 1001 this long after the
+	// reload. Default: 0, they stay open until either side ends them.
+	ReloadCloseAfter caddy.Duration `json:"reload_close_after,omitempty"`
+
+	ctx          caddy.Context
+	logger       *zap.Logger
+	upgrader     websocket.Upgrader
+	messageType  int
+	bufPool      *sync.Pool // *[]byte of BufferSize, lent to pumps
+	upstreamTLS  *tls.Config
+	accepts      map[string]bool // Subprotocols as a set
+	reloadTimers []*time.Timer
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ws_to_tcp",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler. It does no network I/O, so that it is
+// cheap for `caddy validate` and config reloads.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.logger = ctx.Logger()
+
+	if h.DialTimeout == 0 {
+		h.DialTimeout = caddy.Duration(defaultDialTimeout)
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(defaultWriteTimeout)
+	}
+	if h.BufferSize == 0 {
+		h.BufferSize = defaultBufferSize
+	}
+	h.messageType = websocket.BinaryMessage
+	if h.MessageType == "text" {
+		h.messageType = websocket.TextMessage
+	}
+	h.accepts = make(map[string]bool, len(h.Subprotocols))
+	for _, p := range h.Subprotocols {
+		h.accepts[p] = true
+	}
+
+	for i, u := range h.Upstreams {
+		if u == nil {
+			return fmt.Errorf("upstreams[%d]: empty", i)
+		}
+		if err := u.parse(); err != nil {
+			return fmt.Errorf("to: %v", err)
+		}
+	}
+	if h.UpstreamTLS != nil || h.anyTLSUpstream() {
+		cfg, err := h.UpstreamTLS.tlsConfig()
+		if err != nil {
+			return fmt.Errorf("upstream_tls: %v", err)
+		}
+		h.upstreamTLS = cfg
+	}
+
+	size := h.BufferSize
+	h.bufPool = &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
+	h.upgrader = websocket.Upgrader{
+		// Our admission checks the origin before the upstream is dialled;
+		// by the time gorilla asks, the answer is yes.
+		CheckOrigin:     func(*http.Request) bool { return true },
+		ReadBufferSize:  clientReadBufferSize,
+		WriteBufferSize: size,
+		// Gorilla takes a write buffer only while it writes a message, so an
+		// idle tunnel holds none.
+		WriteBufferPool: &sync.Pool{},
+	}
+	return nil
+}
+
+// Validate checks the configuration; it does no I/O.
+func (h *Handler) Validate() error {
+	if len(h.Upstreams) == 0 {
+		return fmt.Errorf("to: at least one upstream is required")
+	}
+	switch h.MessageType {
+	case "", "binary", "text":
+	default:
+		return fmt.Errorf("message_type: %q is neither binary nor text", h.MessageType)
+	}
+	if h.BufferSize < minBufferSize || h.BufferSize > maxBufferSize {
+		return fmt.Errorf("buffer_size: %d bytes is outside %d B to %d MiB", h.BufferSize, minBufferSize, maxBufferSize>>20)
+	}
+	if h.MaxMessageSize < 0 {
+		return fmt.Errorf("max_message_size: must not be negative")
+	}
+	if h.DialTimeout < 0 || h.WriteTimeout < 0 || h.ReloadCloseAfter < 0 {
+		return fmt.Errorf("dial_timeout, write_timeout and reload_close_after must not be negative")
+	}
+	for _, p := range h.Subprotocols {
+		if !isToken(p) {
+			return fmt.Errorf("subprotocols: %q is not a valid protocol name", p)
+		}
+	}
+	return nil
+}
+
+// Cleanup runs when the configuration is unloaded (reload or stop). The HTTP
+// server's shutdown leaves hijacked connections alone, so tunnels are ours
+// to close: all of them when the process exits, this handler's after
+// reload_close_after on a reload, none otherwise (they survive the reload).
+func (h *Handler) Cleanup() error {
+	switch {
+	case caddy.Exiting():
+		closeTunnels(nil, websocket.CloseGoingAway, "server shutting down")
+	case h.ReloadCloseAfter > 0:
+		time.AfterFunc(time.Duration(h.ReloadCloseAfter), func() {
+			closeTunnels(h, websocket.CloseGoingAway, "configuration reloaded")
+		})
+	}
+	return nil
+}
+
+func (h *Handler) anyTLSUpstream() bool {
+	for _, u := range h.Upstreams {
+		if u.useTLS {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

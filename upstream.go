@@ -1,0 +1,115 @@
+package wstotcp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Upstream is one address to relay to.
+type Upstream struct {
+	// The address: `host:port`, `tcp/host:port`, `unix//path/to.sock` or
+	// `tls/host:port`. IPv6 literals in brackets: `[::1]:5900`.
+	Dial string `json:"dial,omitempty"`
+
+	network string // "tcp" or "unix"
+	address string
+	useTLS  bool
+}
+
+// UpstreamTLS configures TLS to `tls/` upstreams.
+type UpstreamTLS struct {
+	// A PEM file of CA certificates that sign the upstream's certificate.
+	// Default: the system's roots.
+	CA string `json:"ca,omitempty"`
+
+	// The server name sent (SNI) and checked in the upstream's certificate.
+	// Default: the host of the upstream address.
+	ServerName string `json:"server_name,omitempty"`
+
+	// Accept any upstream certificate. Only for testing: it gives up the
+	// protection TLS gives. Default: false.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+}
+
+// parse splits the dial address into network and address.
+func (u *Upstream) parse() error {
+	addr := strings.TrimSpace(u.Dial)
+	if addr == "" {
+		return fmt.Errorf("empty upstream address")
+	}
+	if strings.Contains(addr, "{") {
+		return fmt.Errorf("%q: placeholders in upstream addresses are not supported (they need allow_targets, so that a client cannot pick any host)", addr)
+	}
+	network := "tcp"
+	switch {
+	case strings.HasPrefix(addr, "unix/"):
+		u.network, u.address = "unix", strings.TrimPrefix(addr, "unix/")
+		if u.address == "" {
+			return fmt.Errorf("%q: missing socket path", addr)
+		}
+		return nil
+	case strings.HasPrefix(addr, "tls/"):
+		u.useTLS = true
+		addr = strings.TrimPrefix(addr, "tls/")
+	case strings.HasPrefix(addr, "tcp/"):
+		addr = strings.TrimPrefix(addr, "tcp/")
+	case strings.Contains(addr, "://"):
+		return fmt.Errorf("%q: use host:port, tcp/host:port, tls/host:port or unix//path, not a URL", addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: %v", u.Dial, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: missing host", u.Dial)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", u.Dial, port)
+	}
+	u.network, u.address = network, addr
+	return nil
+}
+
+func (t *UpstreamTLS) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t == nil {
+		return cfg, nil
+	}
+	cfg.ServerName = t.ServerName
+	cfg.InsecureSkipVerify = t.InsecureSkipVerify
+	if t.CA != "" {
+		pem, err := os.ReadFile(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca: no PEM certificate in %s", t.CA)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// dial connects to the upstream within timeout; for tls/ upstreams the
+// TLS handshake is part of the dial.
+func (u *Upstream) dial(ctx context.Context, timeout time.Duration, tlsCfg *tls.Config) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := &net.Dialer{}
+	if !u.useTLS {
+		return d.DialContext(ctx, u.network, u.address)
+	}
+	cfg := tlsCfg.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(u.address)
+	}
+	return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, u.network, u.address)
+}
