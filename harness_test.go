@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +29,7 @@ type testServer struct {
 	t         testing.TB
 	httpPort  int
 	adminPort int
+	logFile   string // every log line of this Caddy, JSON
 }
 
 // freePort returns a loopback port that was free a moment ago.
@@ -48,10 +52,19 @@ var caddyMu sync.Mutex
 func startCaddy(t testing.TB, sites string) *testServer {
 	t.Helper()
 	caddyMu.Lock()
-	s := &testServer{t: t, httpPort: freePort(t), adminPort: freePort(t)}
+	s := &testServer{t: t, httpPort: freePort(t), adminPort: freePort(t),
+		logFile: filepath.Join(t.TempDir(), "caddy.log")}
 	t.Cleanup(func() {
+		waitNoTunnels(t)
 		caddy.Stop()
 		caddyMu.Unlock()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.logFile)
+			if len(b) > 16<<10 {
+				b = b[len(b)-16<<10:]
+			}
+			t.Logf("Caddy's log (tail):\n%s", b)
+		}
 	})
 	s.load(sites)
 	return s
@@ -72,8 +85,13 @@ func (s *testServer) tryLoad(sites string) error {
 	skip_install_trust
 	grace_period 1ns
 	persist_config off
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
 }
-`, s.adminPort, s.httpPort) + strings.NewReplacer(
+`, s.adminPort, s.httpPort, s.logFile) + strings.NewReplacer(
 		"{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort),
 		"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", s.adminPort),
 	).Replace(sites)
@@ -193,12 +211,15 @@ func echoUpstream(t testing.TB) *upstream {
 }
 
 // deterministic data: a reproducible stream whose hash both ends compute.
-type patternReader struct{ i byte }
+// patternReader yields a stream whose every byte depends on its position
+// only, so both ends can recompute it whatever the read sizes.
+type patternReader struct{ pos uint64 }
 
 func (p *patternReader) Read(b []byte) (int, error) {
 	for k := range b {
-		b[k] = p.i*7 + byte(k>>8)
-		p.i++
+		x := p.pos
+		b[k] = byte(x ^ x>>9 ^ x>>17)
+		p.pos++
 	}
 	return len(b), nil
 }
@@ -215,4 +236,39 @@ func withTimeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// waitNoTunnels fails the test unless, within 10 s, every tunnel has ended
+// and no goroutine of the relay is left: the test has closed its clients
+// and upstreams, so anything still running has leaked.
+func waitNoTunnels(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tunnels.Lock()
+		open := len(tunnels.m)
+		tunnels.Unlock()
+		stacks := relayGoroutines()
+		if open == 0 && stacks == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("leak: %d tunnels still registered; relay goroutines:\n%s", open, stacks)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// relayGoroutines returns the stacks of the goroutines running tunnel code.
+func relayGoroutines() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "wstotcp.(*tunnel)") && !strings.Contains(g, "wstotcp.relayGoroutines") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
