@@ -187,6 +187,7 @@ func TestCaddyfileErrors(t *testing.T) {
 				t.Fatalf("adapting succeeded, want an error for:\n%s", cfg)
 			}
 			msg := err.Error()
+			t.Logf("error: %s", msg)
 			if loc := "Caddyfile:" + strconv.Itoa(tt.line); !strings.Contains(msg, loc) {
 				t.Errorf("error %q does not name the line %q", msg, loc)
 			}
@@ -247,6 +248,7 @@ func TestCaddyfileProvisionErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Provision and Validate accepted the handler %+v, want an error for:\n%s", h, tt.cfg)
 			}
+			t.Logf("error: %v", err)
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)

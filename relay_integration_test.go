@@ -77,9 +77,12 @@ func TestPlainSiteWithoutLogEchoes(t *testing.T) {
 
 func TestNonUpgradeRequestFallsThrough(t *testing.T) {
 	up := echoUpstream(t)
+	// respond is ordered before ws_to_tcp; a route keeps the order written
 	s := startCaddy(t, `{HTTP} {
-	ws_to_tcp `+up.addr+`
-	respond "next handler"
+	route {
+		ws_to_tcp `+up.addr+`
+		respond "next handler"
+	}
 }`)
 	resp, err := http.Get(s.httpURL("/"))
 	if err != nil {
