@@ -20,7 +20,7 @@ func TestTunnelSurvivesReload(t *testing.T) {
 
 	s.load(`{HTTP} {
 	header X-Config 2
-	ws_to_tcp /new `+up.addr+`
+	ws_to_tcp /new ` + up.addr + `
 }`)
 	roundTrip(t, c, uc, "after reload") // the old tunnel lives on
 
@@ -43,7 +43,7 @@ func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 
 	reloaded := time.Now()
 	s.load(`{HTTP} {
-	ws_to_tcp `+up.addr+` {
+	ws_to_tcp ` + up.addr + ` {
 		reload_close_after 500ms
 	}
 	header X-Config 2
