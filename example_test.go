@@ -246,7 +246,11 @@ func TestExampleRunsAsIs(t *testing.T) {
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		t.Fatalf("WebSocket to /echo: %v (status %d)", err, status)
+		var body []byte
+		if resp != nil {
+			body, _ = io.ReadAll(io.LimitReader(resp.Body, 512))
+		}
+		t.Fatalf("WebSocket to /echo: %v (status %d, body %q)", err, status, body)
 	}
 	defer ws.Close()
 	if err := ws.WriteMessage(websocket.BinaryMessage, []byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
