@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
@@ -302,8 +300,8 @@ func TestCaddyfileProvision(t *testing.T) {
 		if h.BufferSize != defaultBufferSize {
 			t.Errorf("BufferSize = %d, want %d", h.BufferSize, defaultBufferSize)
 		}
-		if h.messageType != websocket.BinaryMessage {
-			t.Errorf("messageType = %d, want binary", h.messageType)
+		if h.MessageType != "" {
+			t.Errorf("MessageType = %q, want empty (binary)", h.MessageType)
 		}
 		if h.upstreamTLS != nil {
 			t.Errorf("upstreamTLS is set without tls/ upstreams or upstream_tls")
@@ -333,15 +331,15 @@ func TestCaddyfileProvision(t *testing.T) {
 			t.Errorf("durations = %v %v %v, want 2s 1m 10m",
 				time.Duration(h.DialTimeout), time.Duration(h.WriteTimeout), time.Duration(h.ReloadCloseAfter))
 		}
-		if h.messageType != websocket.TextMessage {
-			t.Errorf("messageType = %d, want text", h.messageType)
+		if h.MessageType != "text" {
+			t.Errorf("MessageType = %q, want text", h.MessageType)
 		}
 		if h.MaxMessageSize != 1<<20 || h.BufferSize != 64<<10 || !h.ValidateUTF8 {
 			t.Errorf("MaxMessageSize %d, BufferSize %d, ValidateUTF8 %v; want 1 MiB, 64 KiB, true",
 				h.MaxMessageSize, h.BufferSize, h.ValidateUTF8)
 		}
-		if !h.accepts["binary"] || !h.accepts["mqtt"] || len(h.accepts) != 2 {
-			t.Errorf("accepts = %v, want binary and mqtt", h.accepts)
+		if strings.Join(h.Subprotocols, " ") != "binary mqtt" {
+			t.Errorf("Subprotocols = %v, want binary and mqtt", h.Subprotocols)
 		}
 		if len(h.Upstreams) != 2 ||
 			h.Upstreams[0].network != "unix" || h.Upstreams[0].address != "/run/vnc.sock" ||

@@ -2,11 +2,7 @@ package wstotcp
 
 import (
 	"encoding/base64"
-	"errors"
-	"io"
 	"unicode/utf8"
-
-	"github.com/gorilla/websocket"
 )
 
 // incompleteTail returns the length of the UTF-8 sequence that p ends in the
@@ -78,38 +74,52 @@ func (v *utf8Stream) complete() bool {
 	return ok
 }
 
-var errBadBase64 = &policyError{websocket.CloseInvalidFramePayloadData, "invalid base64 in text message"}
+var errBadBase64 = &closeError{closeInvalidPayload, "invalid base64 in text message"}
+
+// errBase64NoRoom cannot happen in the relay, whose output starts before
+// its input in a buffer of 512 bytes or more.
+var errBase64NoRoom = &closeError{closeInternalError, "no room to decode base64"}
 
 // base64Stream decodes a base64 text message chunk by chunk (websockify's
 // base64 subprotocol), carrying an incomplete 4-character group over.
 type base64Stream struct {
-	raw   []byte // read buffer for the encoded text
-	carry int    // encoded bytes at raw[:carry] not yet decoded
+	carry [3]byte
+	n     int
 }
 
-// read reads encoded text from r and decodes what it can into dst, which
-// must hold at least 6 bytes. At the end of the message it returns io.EOF;
-// a message that is not whole base64 gives errBadBase64.
-func (s *base64Stream) read(r io.Reader, dst []byte) (int, error) {
-	max := len(dst)/3*4 - s.carry // whole groups that fit dst, with the carry
-	if max > len(s.raw)-s.carry {
-		max = len(s.raw) - s.carry
+// decode decodes src into dst and returns the bytes written. dst may
+// overlap src if it starts at or before it and reaches past its end: src
+// is copied out in small pieces before the output can reach them.
+func (s *base64Stream) decode(dst, src []byte) (int, error) {
+	var piece [64]byte
+	written := 0
+	for len(src) > 0 {
+		copy(piece[:], s.carry[:s.n])
+		k := copy(piece[s.n:], src)
+		src = src[k:]
+		have := s.n + k
+		whole := have / 4 * 4
+		if base64.StdEncoding.DecodedLen(whole) > len(dst)-written {
+			return written, errBase64NoRoom
+		}
+		m, err := base64.StdEncoding.Decode(dst[written:], piece[:whole])
+		if err != nil {
+			s.n = 0
+			return written, errBadBase64
+		}
+		written += m
+		s.n = copy(s.carry[:], piece[whole:have])
 	}
-	n, err := r.Read(s.raw[s.carry : s.carry+max])
-	if err != nil && !errors.Is(err, io.EOF) {
-		return 0, err
+	return written, nil
+}
+
+// complete reports an error when the message ended inside a group, and
+// resets the stream for the next message.
+func (s *base64Stream) complete() error {
+	n := s.n
+	s.n = 0
+	if n != 0 {
+		return errBadBase64
 	}
-	have := s.carry + n
-	whole := have / 4 * 4
-	if err == io.EOF && whole != have {
-		s.carry = 0
-		return 0, errBadBase64
-	}
-	m, derr := base64.StdEncoding.Decode(dst, s.raw[:whole])
-	if derr != nil {
-		s.carry = 0
-		return 0, errBadBase64
-	}
-	s.carry = copy(s.raw, s.raw[whole:have])
-	return m, err
+	return nil
 }

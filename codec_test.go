@@ -245,26 +245,38 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// decodeBase64 reads one message from r through s, into dst-sized pieces,
-// until io.EOF or an error.
-func decodeBase64(s *base64Stream, r io.Reader, dstSize int) ([]byte, error) {
+// b64Reader feeds a base64Stream from a reader in rawSize chunks, decoding
+// each chunk in place, as the relay does in its read buffer. The relay's
+// buffers are 512 bytes or more; in place decoding needs 12.
+type b64Reader struct {
+	s   base64Stream
+	raw []byte
+}
+
+// decodeBase64 reads one message from r through s until io.EOF or an
+// error; no decode may write more than dstSize bytes per chunk of 4/3 of it.
+func decodeBase64(s *b64Reader, r io.Reader, dstSize int) ([]byte, error) {
 	var out []byte
-	dst := make([]byte, dstSize)
 	stalls := 0
 	for {
-		n, err := s.read(r, dst)
-		if n > len(dst) {
-			return out, fmt.Errorf("read returned %d bytes for a %d-byte dst", n, len(dst))
+		limit := min(len(s.raw), max(dstSize/3*4, 1))
+		n, err := r.Read(s.raw[:limit])
+		chunk := s.raw[:n]
+		m, derr := s.s.decode(s.raw, chunk) // in place, as in the relay's buffer
+		if m > len(s.raw) {
+			return out, fmt.Errorf("decode wrote %d bytes into %d", m, len(s.raw))
 		}
-		out = append(out, dst[:n]...)
+		out = append(out, s.raw[:m]...)
+		if derr != nil {
+			return out, derr
+		}
 		if errors.Is(err, io.EOF) {
-			return out, nil
+			return out, s.s.complete()
 		}
 		if err != nil {
 			return out, err
 		}
 		if n == 0 {
-			// Zero-length reads of the source are fine; endless ones are not.
 			if stalls++; stalls > 1000 {
 				return out, errors.New("no progress after 1000 reads")
 			}
@@ -290,9 +302,9 @@ func base64Cases() [][]byte {
 }
 
 func TestBase64StreamOneByteReader(t *testing.T) {
-	for _, rawSize := range []int{4, 7, 512} {
+	for _, rawSize := range []int{12, 13, 512} {
 		for _, dstSize := range []int{6, 7, 8, 4096} {
-			s := &base64Stream{raw: make([]byte, rawSize)}
+			s := &b64Reader{raw: make([]byte, rawSize)}
 			for _, msg := range base64Cases() {
 				enc := base64.StdEncoding.EncodeToString(msg)
 				got, err := decodeBase64(s, iotest.OneByteReader(strings.NewReader(enc)), dstSize)
@@ -309,9 +321,9 @@ func TestBase64StreamOneByteReader(t *testing.T) {
 
 func TestBase64StreamRandomChunks(t *testing.T) {
 	rng := rand.New(rand.NewSource(42))
-	for _, rawSize := range []int{4, 5, 64, 32 * 1024} {
+	for _, rawSize := range []int{12, 15, 64, 32 * 1024} {
 		for _, dstSize := range []int{6, 9, 100, 32 * 1024} {
-			s := &base64Stream{raw: make([]byte, rawSize)}
+			s := &b64Reader{raw: make([]byte, rawSize)}
 			for _, msg := range base64Cases() {
 				enc := base64.StdEncoding.EncodeToString(msg)
 				for _, maxChunk := range []int{1, 3, 5, 17, 1000} {
@@ -336,7 +348,7 @@ func TestBase64StreamRandomChunks(t *testing.T) {
 func TestBase64StreamDataWithEOF(t *testing.T) {
 	for _, msg := range base64Cases() {
 		enc := base64.StdEncoding.EncodeToString(msg)
-		s := &base64Stream{raw: make([]byte, 512)}
+		s := &b64Reader{raw: make([]byte, 512)}
 		got, err := decodeBase64(s, iotest.DataErrReader(strings.NewReader(enc)), 4096)
 		if err != nil || !bytes.Equal(got, msg) {
 			t.Fatalf("%d-byte message: decoded %x, %v; want %x", len(msg), got, err, msg)
@@ -372,11 +384,11 @@ func TestBase64StreamInvalid(t *testing.T) {
 				},
 			}
 			for how, mk := range readers {
-				s := &base64Stream{raw: make([]byte, 512)}
+				s := &b64Reader{raw: make([]byte, 512)}
 				_, err := decodeBase64(s, mk(), 64)
-				var pe *policyError
+				var pe *closeError
 				if !errors.As(err, &pe) {
-					t.Fatalf("%s: decoding %q gave %v, want a *policyError", how, tt.in, err)
+					t.Fatalf("%s: decoding %q gave %v, want a *closeError", how, tt.in, err)
 				}
 				if pe.code != 1007 {
 					t.Errorf("%s: close code %d, want 1007", how, pe.code)
@@ -429,10 +441,10 @@ func FuzzBase64Stream(f *testing.F) {
 	f.Add([]byte{}, int64(0))
 	f.Fuzz(func(t *testing.T, data []byte, seed int64) {
 		rng := rand.New(rand.NewSource(seed))
-		rawSize := 4 + rng.Intn(600)
+		rawSize := 12 + rng.Intn(600)
 		dstSize := 6 + rng.Intn(600)
 		enc := base64.StdEncoding.EncodeToString(data)
-		s := &base64Stream{raw: make([]byte, rawSize)}
+		s := &b64Reader{raw: make([]byte, rawSize)}
 		r := &chunkReader{data: []byte(enc), rng: rng, maxChunk: 1 + rng.Intn(64)}
 		got, err := decodeBase64(s, r, dstSize)
 		if err != nil {

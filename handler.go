@@ -67,16 +67,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if subprotocol != "" {
 		respHeader = http.Header{"Sec-Websocket-Protocol": {subprotocol}}
 	}
-	shim := &hijackShim{ResponseWriter: w, tunnel: t}
-	ws, err := h.upgrader.Upgrade(shim, r, respHeader)
+	ws, err := h.upgrader.Upgrade(hijackShim{w}, r, respHeader)
 	if err != nil {
 		// gorilla has answered the client already.
 		up.Close()
 		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
 		return nil
 	}
-	t.ws = ws
-	t.run()
+	t.start(ws.UnderlyingConn())
 	return nil // the connection is hijacked: there is no response to write
 }
 
@@ -164,21 +162,11 @@ func isToken(s string) bool {
 // hijackShim lets gorilla hijack through Caddy's wrapped ResponseWriter:
 // gorilla only type-asserts http.Hijacker, which Caddy's wrappers (and the
 // `header` and `encode` handlers) do not implement, while
-// http.ResponseController unwraps them. It also hands the tunnel the client
-// connection, wrapped so that the relay learns when a read would block.
-type hijackShim struct {
-	http.ResponseWriter
-	tunnel *tunnel
+// http.ResponseController unwraps them.
+type hijackShim struct{ http.ResponseWriter }
+
+func (s hijackShim) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(s.ResponseWriter).Hijack()
 }
 
-func (s *hijackShim) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	cc := &clientConn{Conn: conn, out: &s.tunnel.out}
-	s.tunnel.client = cc
-	return cc, brw, nil
-}
-
-func (s *hijackShim) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+func (s hijackShim) Unwrap() http.ResponseWriter { return s.ResponseWriter }

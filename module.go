@@ -5,6 +5,7 @@ package wstotcp
 
 import (
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"sync"
@@ -31,10 +32,6 @@ const (
 	defaultBufferSize   = 32 * 1024
 	minBufferSize       = 512
 	maxBufferSize       = 16 * 1024 * 1024
-
-	// Gorilla's read buffer for the client connection: frames are parsed
-	// from it, and a burst of small messages read in one system call.
-	clientReadBufferSize = 4096
 )
 
 // Handler relays each WebSocket connection to a TCP or Unix-socket upstream.
@@ -103,14 +100,12 @@ type Handler struct {
 	// reload. Default: 0, they stay open until either side ends them.
 	ReloadCloseAfter caddy.Duration `json:"reload_close_after,omitempty"`
 
-	ctx          caddy.Context
-	logger       *zap.Logger
-	upgrader     websocket.Upgrader
-	messageType  int
-	bufPool      *sync.Pool // *[]byte of BufferSize, lent to pumps
-	upstreamTLS  *tls.Config
-	accepts      map[string]bool // Subprotocols as a set
-	reloadTimers []*time.Timer
+	ctx         caddy.Context
+	logger      *zap.Logger
+	upgrader    websocket.Upgrader
+	bufPool     *sync.Pool // *[]byte of headroom+BufferSize, lent to the pumps
+	b64Pool     *sync.Pool // *[]byte for base64-encoded messages
+	upstreamTLS *tls.Config
 }
 
 // CaddyModule returns the Caddy module information.
@@ -136,14 +131,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.BufferSize == 0 {
 		h.BufferSize = defaultBufferSize
 	}
-	h.messageType = websocket.BinaryMessage
-	if h.MessageType == "text" {
-		h.messageType = websocket.TextMessage
-	}
-	h.accepts = make(map[string]bool, len(h.Subprotocols))
-	for _, p := range h.Subprotocols {
-		h.accepts[p] = true
-	}
 
 	for i, u := range h.Upstreams {
 		if u == nil {
@@ -161,17 +148,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.upstreamTLS = cfg
 	}
 
-	size := h.BufferSize
+	size := headroom + h.BufferSize
 	h.bufPool = &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
+	b64Size := headroom + base64.StdEncoding.EncodedLen(h.BufferSize)
+	h.b64Pool = &sync.Pool{New: func() any { b := make([]byte, b64Size); return &b }}
 	h.upgrader = websocket.Upgrader{
-		// Our admission checks the origin before the upstream is dialled;
-		// by the time gorilla asks, the answer is yes.
-		CheckOrigin:     func(*http.Request) bool { return true },
-		ReadBufferSize:  clientReadBufferSize,
-		WriteBufferSize: size,
-		// Gorilla takes a write buffer only while it writes a message, so an
-		// idle tunnel holds none.
-		WriteBufferPool: &sync.Pool{},
+		// Admission checked the origin before the upstream was dialled; by
+		// the time gorilla asks, the answer is yes.
+		CheckOrigin: func(*http.Request) bool { return true },
+		// Gorilla only does the handshake; the relay reads and writes
+		// frames itself. The smallest buffers keep the handshake cheap.
+		ReadBufferSize:  1,
+		WriteBufferPool: unusedPool{},
 	}
 	return nil
 }
@@ -227,6 +215,13 @@ func (h *Handler) anyTLSUpstream() bool {
 	}
 	return false
 }
+
+// unusedPool stands for gorilla's write buffer pool: gorilla only takes a
+// buffer from it to write a message, which the relay does itself.
+type unusedPool struct{}
+
+func (unusedPool) Get() any { return nil }
+func (unusedPool) Put(any)  {}
 
 // Interface guards
 var (

@@ -9,13 +9,15 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-
-	"github.com/gorilla/websocket"
 )
 
 // closeGrace bounds the closing handshake: how long a closing side waits for
 // the peer's Close frame (client) or FIN (upstream) before it closes anyway.
 const closeGrace = 2 * time.Second
+
+// headroom is kept in front of the data in every relay buffer: room for a
+// frame header and for a UTF-8 sequence carried over from the last read.
+const headroom = maxHeader + utf8.UTFMax
 
 // Who ended a tunnel, as logs and events report it.
 const (
@@ -24,102 +26,53 @@ const (
 	byServer   = "server"
 )
 
-// clientConn is the hijacked client connection. Gorilla reads it through a
-// buffer, so a Read here means gorilla has consumed all it holds and is
-// about to wait for the network: the moment to write the client bytes
-// gathered so far to the upstream. Gathering until then turns a burst of
-// small messages into one upstream write instead of one each.
-type clientConn struct {
-	net.Conn
-	out *upstreamWriter
-}
+var errCloseSent = errors.New("close frame sent")
 
-func (c *clientConn) Read(p []byte) (int, error) {
-	if err := c.out.flush(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(p)
-}
+var noHeader [headroom]byte // the headroom of a buffer built by appending
 
-// upstreamWriter gathers client bytes in buf[start:end] until the buffer is
-// full or the client connection would block.
-type upstreamWriter struct {
-	conn       net.Conn
-	buf        []byte
-	start, end int
-	err        error // first write error: the upstream is gone
-	written    *atomic.Int64
-}
-
-func (w *upstreamWriter) flush() error {
-	if w.err != nil || w.start == w.end {
-		return w.err
-	}
-	n, err := w.conn.Write(w.buf[w.start:w.end])
-	w.written.Add(int64(n))
-	if err != nil {
-		w.err = &upstreamError{err}
-		return w.err
-	}
-	w.start = w.end
-	return nil
-}
-
-// room returns the free tail of buf, after making room by flushing when
-// full. The caller may read into it: flush never touches buf[end:].
-func (w *upstreamWriter) room() ([]byte, error) {
-	if w.end == len(w.buf) {
-		if err := w.flush(); err != nil {
-			return nil, err
-		}
-	}
-	if w.start == w.end {
-		w.start, w.end = 0, 0
-	}
-	return w.buf[w.end:], nil
-}
-
-// upstreamError marks an error of the upstream side, to tell it from the
-// client's when both surface from one call.
+// upstreamError marks an error of the upstream side.
 type upstreamError struct{ err error }
 
 func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// policyError closes the connection with its close code (1007, 1009).
-type policyError struct {
+// clientClose is the client's Close frame.
+type clientClose struct {
 	code   int
 	reason string
 }
 
-func (e *policyError) Error() string { return e.reason }
+func (e *clientClose) Error() string { return "client sent Close" }
 
-// tunnel is one client relayed to one upstream.
+// tunnel is one client relayed to one upstream, by two pumps: one
+// goroutine each way.
 type tunnel struct {
 	h           *Handler
 	id          string
-	ws          *websocket.Conn
-	client      *clientConn // ws's connection
-	up          net.Conn
+	client, up  net.Conn
+	clientRd    *socketReader
+	upRd        *socketReader
 	upstream    string
 	subprotocol string
 	remote      string
 	user        string
 	started     time.Time
-	base64      bool // the base64 subprotocol: text frames carry base64
-
-	out upstreamWriter // client -> upstream
+	base64      bool // websockify's base64 subprotocol
+	opcode      byte // of messages to the client
 
 	bytesIn, bytesOut atomic.Int64 // client -> upstream, upstream -> client
 	msgsIn, msgsOut   atomic.Int64
 
-	writeMu sync.Mutex // gorilla allows one data writer at a time
+	writeLock  chan struct{} // one frame writer at a time; a channel, to wait with a timeout
+	closeSent  bool          // under writeLock
+	writeBroke bool          // under writeLock: a write failed midway, the stream is unusable
 
 	endOnce   sync.Once
-	ending    atomic.Bool // set with the first decide
-	closeCode int         // set once, by whoever ends the tunnel first
-	closedBy  string      // byClient, byUpstream, byServer
+	ending    atomic.Bool // set by the first decide
+	closeCode int         // how the tunnel ended, set once by decide
+	closedBy  string
 	closeErr  error
+	pumps     atomic.Int32 // pumps still running; the last one finishes
 }
 
 func newTunnel(h *Handler, up net.Conn, upstream, subprotocol, remote string) *tunnel {
@@ -132,14 +85,61 @@ func newTunnel(h *Handler, up net.Conn, upstream, subprotocol, remote string) *t
 		remote:      remote,
 		started:     time.Now(),
 		base64:      subprotocol == "base64",
+		opcode:      opBinary,
+		writeLock:   make(chan struct{}, 1),
 	}
-	t.out.conn = up
-	t.out.written = &t.bytesIn
+	if h.MessageType == "text" || t.base64 {
+		t.opcode = opText
+	}
+	t.upRd = newSocketReader(up, h.bufPool)
 	return t
 }
 
-// decide records how the tunnel ends; only the first call counts. It
-// reports whether this call was the first, whose caller then acts.
+// start relays on two goroutines of its own, so that the HTTP server's
+// goroutine, its buffers and its deep stack are freed for the tunnel's life.
+func (t *tunnel) start(client net.Conn) {
+	t.client = client
+	t.clientRd = newSocketReader(client, t.h.bufPool)
+	register(t)
+	t.pumps.Store(2)
+	go func() {
+		defer t.pumpDone()
+		defer t.recoverPump()
+		t.clientEnded(t.clientToUpstream())
+	}()
+	go func() {
+		defer t.pumpDone()
+		defer t.recoverPump()
+		t.upstreamEnded(t.upstreamToClient())
+	}()
+}
+
+// pumpDone finishes the tunnel when the second pump ends.
+func (t *tunnel) pumpDone() {
+	if t.pumps.Add(-1) > 0 {
+		return
+	}
+	t.up.Close()
+	t.client.Close()
+	unregister(t)
+	t.h.logClosed(t)
+}
+
+// recoverPump turns a panic in a pump into a 1011 close of its tunnel
+// instead of the end of the whole server.
+func (t *tunnel) recoverPump() {
+	if v := recover(); v != nil {
+		t.h.logPanic(t, v)
+		if t.decide(closeInternalError, byServer, errors.New("internal error")) {
+			t.sendClose(closeInternalError, "internal error")
+		}
+		t.up.Close()
+		t.client.Close()
+	}
+}
+
+// decide records how the tunnel ends; only the first call counts, and its
+// caller acts on it.
 func (t *tunnel) decide(code int, by string, err error) bool {
 	first := false
 	t.endOnce.Do(func() {
@@ -150,108 +150,198 @@ func (t *tunnel) decide(code int, by string, err error) bool {
 	return first
 }
 
-// run relays until both pumps have ended. The client pump runs on the
-// caller's goroutine (the HTTP server's), the upstream pump on one more.
-func (t *tunnel) run() {
-	bp := t.h.bufPool.Get().(*[]byte)
-	defer t.h.bufPool.Put(bp)
-	t.out.buf = *bp
-	t.ws.SetCloseHandler(func(int, string) error { return nil }) // we echo after flushing
-	if t.h.MaxMessageSize > 0 {
-		t.ws.SetReadLimit(t.h.MaxMessageSize)
-	}
-	register(t)
-	defer unregister(t)
-
-	upDone := make(chan struct{})
-	go func() {
-		defer close(upDone)
-		defer t.recoverPump()
-		t.upstreamEnded(t.upstreamToClient())
-	}()
-	func() {
-		defer t.recoverPump()
-		t.clientEnded(t.clientToUpstream())
-	}()
-	<-upDone
-	t.up.Close()
-	t.client.Close()
-	t.h.logClosed(t)
-}
-
-// recoverPump turns a panic in a pump into a 1011 close of this tunnel
-// instead of the end of the whole server.
-func (t *tunnel) recoverPump() {
-	if v := recover(); v != nil {
-		t.h.logPanic(t, v)
-		if t.decide(websocket.CloseInternalServerErr, byServer, errors.New("internal error")) {
-			t.sendClose(websocket.CloseInternalServerErr, "internal error")
+// clientToUpstream parses client frames out of one buffer, unmasks their
+// payload in place and gathers it at the buffer's front; what is gathered
+// goes to the upstream in one write whenever the client has nothing more
+// ready. A burst of small messages thus costs one upstream write, a
+// message is streamed fragment by fragment however large, and a client
+// whose upstream does not read is not read either (backpressure).
+func (t *tunnel) clientToUpstream() (err error) {
+	var (
+		bp         *[]byte // nil while no bytes are pending
+		buf        []byte
+		out        int   // buf[:out]: payload ready for the upstream
+		r, w       int   // buf[r:w]: bytes not parsed yet
+		remaining  int64 // payload bytes of the current data frame still to come
+		fin        bool  // the current data frame ends its message
+		key        [4]byte
+		keyPos     int
+		msgOp      byte  // opcode of the message in progress; 0 between messages
+		msgLen     int64 // its length so far
+		utf8v      utf8Stream
+		b64        base64Stream
+		maxMessage = t.h.MaxMessageSize
+	)
+	defer func() {
+		if bp != nil {
+			t.h.bufPool.Put(bp)
 		}
-		t.up.Close()
-		t.client.Close()
-	}
-}
-
-// clientToUpstream streams client messages to the upstream, fragment by
-// fragment as they arrive, until the client's Close or an error.
-func (t *tunnel) clientToUpstream() error {
-	var utf8v utf8Stream
-	var b64 base64Stream
-	if t.base64 {
-		b64.raw = make([]byte, len(t.out.buf))
+	}()
+	flush := func() error {
+		if out == 0 {
+			return nil
+		}
+		n, err := t.up.Write(buf[:out])
+		t.bytesIn.Add(int64(n))
+		out = 0
+		if err != nil {
+			return &upstreamError{err}
+		}
+		return nil
 	}
 	for {
-		mt, r, err := t.ws.NextReader()
-		if err != nil {
-			if ferr := t.out.flush(); ferr != nil {
-				return ferr
+		// The payload of the current data frame, as far as it is here.
+		if remaining > 0 && r < w {
+			chunk := buf[r : r+int(min(remaining, int64(w-r)))]
+			keyPos = unmask(chunk, key, keyPos)
+			r += len(chunk)
+			remaining -= int64(len(chunk))
+			switch {
+			case msgOp == opText && t.base64:
+				n, err := b64.decode(buf[out:], chunk)
+				if err != nil {
+					return errors.Join(flush(), err)
+				}
+				out += n
+			case msgOp == opText && t.h.ValidateUTF8 && !utf8v.valid(chunk):
+				return errors.Join(flush(), errInvalidUTF8)
+			default:
+				out += copy(buf[out:], chunk)
 			}
-			return err
+			if remaining == 0 && fin {
+				if cerr := t.endMessage(msgOp, &utf8v, &b64); cerr != nil {
+					return errors.Join(flush(), cerr)
+				}
+				msgOp = 0
+			}
+			continue
 		}
-		t.msgsIn.Add(1)
-		decode := t.base64 && mt == websocket.TextMessage
-		validate := t.h.ValidateUTF8 && mt == websocket.TextMessage && !decode
-		for {
-			room, err := t.out.room()
-			if err != nil {
-				return err
+
+		// The next frame header, when the whole header is here.
+		if remaining == 0 && r < w {
+			h, size, perr := parseHeader(buf[r:w])
+			if perr != nil {
+				return errors.Join(flush(), perr)
 			}
-			var n int
-			var rerr error
-			if decode {
-				n, rerr = b64.read(r, room)
-			} else {
-				n, rerr = r.Read(room)
-				if validate && !utf8v.valid(room[:n]) {
-					return &policyError{websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text message"}
+			if size > 0 && h.opcode >= opClose {
+				if int64(w-r-size) < h.length {
+					size = 0 // wait for the whole control frame
+				} else {
+					payload := buf[r+size : r+size+int(h.length)]
+					unmask(payload, h.mask, 0)
+					r += size + int(h.length)
+					if cerr := t.control(h.opcode, payload); cerr != nil {
+						return errors.Join(flush(), cerr)
+					}
+					continue
 				}
 			}
-			t.out.end += n
-			if rerr == io.EOF {
-				break
-			}
-			if rerr != nil {
-				return rerr
+			if size > 0 {
+				r += size
+				switch {
+				case h.opcode == opContinuation && msgOp == 0:
+					return errors.Join(flush(), protocolError("continuation frame outside a message"))
+				case h.opcode != opContinuation && msgOp != 0:
+					return errors.Join(flush(), protocolError("new message inside a fragmented one"))
+				case h.opcode != opContinuation:
+					msgOp, msgLen = h.opcode, 0
+					t.msgsIn.Add(1)
+				}
+				msgLen += h.length
+				if maxMessage > 0 && msgLen > maxMessage {
+					return errors.Join(flush(), &closeError{closeMessageTooBig, "message too big"})
+				}
+				remaining, fin, key, keyPos = h.length, h.fin, h.mask, 0
+				if remaining == 0 && fin {
+					if cerr := t.endMessage(msgOp, &utf8v, &b64); cerr != nil {
+						return errors.Join(flush(), cerr)
+					}
+					msgOp = 0
+				}
+				continue
 			}
 		}
-		if validate && !utf8v.complete() {
-			return &policyError{websocket.CloseInvalidFramePayloadData, "text message ends inside a UTF-8 sequence"}
+
+		// Nothing more to parse: write what is gathered, keep a partial
+		// header, and read more. The buffer goes back to the pool when
+		// nothing is pending, so an idle client holds none.
+		if err := flush(); err != nil {
+			return err
 		}
+		if r < w {
+			w = copy(buf, buf[r:w])
+		} else {
+			w = 0
+			if bp != nil {
+				t.h.bufPool.Put(bp)
+				bp, buf = nil, nil
+			}
+		}
+		r = 0
+		var n int
+		bp, n, err = t.clientRd.read(bp, w)
+		if err != nil {
+			return err
+		}
+		buf = *bp
+		w += n
 	}
 }
 
-// clientEnded acts on the end of the client pump, when it is the first end
-// of the tunnel, and then waits for the upstream pump.
+var errInvalidUTF8 = &closeError{closeInvalidPayload, "invalid UTF-8 in text message"}
+
+// endMessage checks a finished message.
+func (t *tunnel) endMessage(op byte, utf8v *utf8Stream, b64 *base64Stream) error {
+	if op != opText {
+		return nil
+	}
+	if t.base64 {
+		return b64.complete()
+	}
+	if t.h.ValidateUTF8 && !utf8v.complete() {
+		return &closeError{closeInvalidPayload, "text message ends inside a UTF-8 sequence"}
+	}
+	return nil
+}
+
+// control handles a client control frame.
+func (t *tunnel) control(op byte, payload []byte) error {
+	switch op {
+	case opPing:
+		return t.writeControl(opPong, payload, time.Duration(t.h.WriteTimeout))
+	case opClose:
+		code, reason, perr := parseClosePayload(payload)
+		if perr != nil {
+			return perr
+		}
+		return &clientClose{code, reason}
+	}
+	return nil // a pong
+}
+
+// clientEnded acts on the end of the client pump, when it is the tunnel's
+// first end.
 func (t *tunnel) clientEnded(err error) {
-	var ce *websocket.CloseError
-	var pe *policyError
+	var cc *clientClose
+	var ce *closeError
 	var ue *upstreamError
 	switch {
-	case errors.As(err, &ue) || errors.As(err, &pe):
-		code, reason := websocket.CloseTryAgainLater, "bad gateway"
-		by := byUpstream
-		if pe != nil {
-			code, reason, by = pe.code, pe.reason, byClient
+	case errors.As(err, &cc):
+		if !t.decide(cc.code, byClient, nil) {
+			return
+		}
+		// All client data is written: half-close the upstream so that it
+		// reads EOF after the last byte, echo the Close, and let the
+		// upstream pump drain what the upstream still sends until it
+		// closes too (closing with unread input would send an RST).
+		closeWrite(t.up)
+		t.up.SetReadDeadline(time.Now().Add(closeGrace))
+		t.sendClose(cc.code, "")
+		t.client.Close()
+	case errors.As(err, &ue), errors.As(err, &ce):
+		code, reason, by := closeBadGateway, "bad gateway", byUpstream
+		if ce != nil {
+			code, reason, by = ce.code, ce.reason, byClient
 		}
 		if !t.decide(code, by, err) {
 			return
@@ -259,75 +349,62 @@ func (t *tunnel) clientEnded(err error) {
 		t.sendClose(code, reason)
 		t.up.Close()
 		t.lingerClose()
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla has sent 1009 already.
-		if !t.decide(websocket.CloseMessageTooBig, byClient, err) {
-			return
+	default: // the client vanished, or its read deadline passed
+		if t.decide(closeAbnormal, byClient, err) {
+			t.up.Close()
 		}
-		t.up.Close()
-		t.lingerClose()
-	case errors.As(err, &ce):
-		if !t.decide(ce.Code, byClient, nil) {
-			return
-		}
-		// All client data is written: half-close the upstream so it sees
-		// EOF after the last byte, echo the Close, and let the upstream pump
-		// drain what the upstream still sends until it closes too.
-		closeWrite(t.up)
-		t.up.SetReadDeadline(time.Now().Add(closeGrace))
-		t.sendClose(ce.Code, "")
-		t.client.Close()
-	default: // the client vanished, or broke the protocol
-		if !t.decide(websocket.CloseAbnormalClosure, byClient, err) {
-			return
-		}
-		t.up.Close()
 		t.client.Close()
 	}
 }
 
-// upstreamToClient sends each upstream read to the client as one message.
+// upstreamToClient sends each upstream read to the client as one message,
+// framed in place in the buffer it was read into.
 func (t *tunnel) upstreamToClient() error {
-	bp := t.h.bufPool.Get().(*[]byte)
-	defer t.h.bufPool.Put(bp)
-	buf := *bp
-	var scratch []byte // base64 or repaired text
-	if t.base64 {
-		scratch = make([]byte, base64.StdEncoding.EncodedLen(len(buf)))
-	}
-	text := t.h.messageType == websocket.TextMessage && !t.base64
-	carry := 0 // the start of a UTF-8 sequence split by the last read
+	text := t.opcode == opText && !t.base64
+	var carry [utf8.UTFMax]byte // a UTF-8 sequence split by the last read
+	nc := 0
+	var repaired []byte // text mode: upstream bytes that are not UTF-8
 	draining := false
 	for {
-		n, err := t.up.Read(buf[carry:])
+		bp, n, err := t.upRd.read(nil, headroom)
 		if n > 0 && !draining {
-			msg, mt, tail := buf[:carry+n], t.h.messageType, 0
+			buf := *bp
+			start, end := headroom, headroom+n
+			var werr error
 			switch {
 			case t.base64:
-				base64.StdEncoding.Encode(scratch, msg)
-				msg, mt = scratch[:base64.StdEncoding.EncodedLen(len(msg))], websocket.TextMessage
+				werr = t.writeBase64(buf[start:end])
 			case text:
+				start -= copy(buf[start-nc:start], carry[:nc])
+				tail := 0
 				if err == nil {
-					tail = incompleteTail(msg)
+					tail = incompleteTail(buf[start:end])
 				}
-				msg = msg[:len(msg)-tail]
-				if !utf8.Valid(msg) {
-					scratch = appendValidUTF8(scratch[:0], msg)
-					msg = scratch
+				nc = copy(carry[:], buf[end-tail:end])
+				end -= tail
+				if !utf8.Valid(buf[start:end]) {
+					repaired = appendValidUTF8(append(repaired[:0], noHeader[:]...), buf[start:end])
+					buf, start, end = repaired, headroom, len(repaired)
 				}
-			}
-			if len(msg) > 0 {
-				if werr := t.writeMessage(mt, msg); werr != nil {
-					if !t.ended() {
-						return werr
-					}
-					// The tunnel is closing: read on what the upstream still
-					// sends, so that closing it sends no RST.
-					draining = true
+				fallthrough
+			default:
+				if end > start {
+					werr = t.writeFrame(t.opcode, buf, start, end-start)
 				}
 			}
-			t.bytesOut.Add(int64(n))
-			carry = copy(buf, buf[carry+n-tail:carry+n])
+			if werr == nil {
+				t.bytesOut.Add(int64(n))
+			} else if !t.ending.Load() {
+				t.h.bufPool.Put(bp)
+				return werr
+			} else {
+				// The tunnel is closing: read on what the upstream still
+				// sends, so that closing it sends no RST.
+				draining = true
+			}
+		}
+		if bp != nil {
+			t.h.bufPool.Put(bp)
 		}
 		if err != nil {
 			return &upstreamError{err}
@@ -335,28 +412,38 @@ func (t *tunnel) upstreamToClient() error {
 	}
 }
 
-// upstreamEnded acts on the end of the upstream pump, when it is the first
-// end of the tunnel.
+// writeBase64 sends p as one base64 text message.
+func (t *tunnel) writeBase64(p []byte) error {
+	bp := t.h.b64Pool.Get().(*[]byte)
+	defer t.h.b64Pool.Put(bp)
+	enc := *bp
+	n := base64.StdEncoding.EncodedLen(len(p))
+	base64.StdEncoding.Encode(enc[headroom:], p)
+	return t.writeFrame(opText, enc, headroom, n)
+}
+
+// upstreamEnded acts on the end of the upstream pump, when it is the
+// tunnel's first end.
 func (t *tunnel) upstreamEnded(err error) {
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
-		// Writing to the client failed: it vanished or stopped reading
+		// Writing to the client failed: it vanished, or accepted nothing
 		// for write_timeout.
-		if t.decide(websocket.CloseAbnormalClosure, byClient, err) {
+		if t.decide(closeAbnormal, byClient, err) {
 			t.up.Close()
 			t.client.Close()
 		}
 		return
 	}
-	code, reason := websocket.CloseNormalClosure, ""
+	code, reason := closeNormal, ""
 	if !errors.Is(err, io.EOF) {
-		code, reason = websocket.CloseTryAgainLater, "bad gateway"
+		code, reason = closeBadGateway, "bad gateway"
 	}
 	if !t.decide(code, byUpstream, err) {
 		return
 	}
-	// Every byte read is written; now close, and give the client pump the
-	// grace period to receive the client's Close and finish.
+	// Every byte read is written. Close, and give the client pump the
+	// grace period to receive the client's Close (or the last client data).
 	t.sendClose(code, reason)
 	t.client.SetReadDeadline(time.Now().Add(closeGrace))
 }
@@ -371,39 +458,93 @@ func (t *tunnel) terminate(code int, reason string) {
 	t.client.SetReadDeadline(time.Now().Add(closeGrace))
 }
 
-// ended reports whether the tunnel's end has been decided.
-func (t *tunnel) ended() bool { return t.ending.Load() }
+// lockWrite takes the write lock, waiting at most timeout.
+func (t *tunnel) lockWrite(timeout time.Duration) bool {
+	select {
+	case t.writeLock <- struct{}{}:
+		return true
+	default:
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case t.writeLock <- struct{}{}:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
 
-// writeMessage writes one data message under the write lock, within
-// write_timeout.
-func (t *tunnel) writeMessage(mt int, data []byte) error {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
-	t.ws.SetWriteDeadline(time.Now().Add(time.Duration(t.h.WriteTimeout)))
-	if err := t.ws.WriteMessage(mt, data); err != nil {
+func (t *tunnel) unlockWrite() { <-t.writeLock }
+
+// writeFrame sends buf[start:start+n] as one message, with its header put
+// in the headroom before start, within write_timeout.
+func (t *tunnel) writeFrame(op byte, buf []byte, start, n int) error {
+	hs := putHeader(buf, start, op, n)
+	t.writeLock <- struct{}{}
+	defer t.unlockWrite()
+	if t.closeSent || t.writeBroke {
+		return errCloseSent
+	}
+	t.client.SetWriteDeadline(time.Now().Add(time.Duration(t.h.WriteTimeout)))
+	if _, err := t.client.Write(buf[hs : start+n]); err != nil {
+		t.writeBroke = true
 		return err
 	}
 	t.msgsOut.Add(1)
 	return nil
 }
 
-// sendClose sends a Close frame; it is safe beside a data writer.
-func (t *tunnel) sendClose(code int, reason string) {
-	msg := websocket.FormatCloseMessage(code, reason)
-	if code == websocket.CloseNoStatusReceived {
-		msg = nil // echo an empty Close as an empty Close
+// writeControl sends a control frame (ping, pong), waiting at most timeout.
+func (t *tunnel) writeControl(op byte, payload []byte, timeout time.Duration) error {
+	var frame [maxHeader + maxControlPayload]byte
+	n := copy(frame[2:], payload)
+	frame[0], frame[1] = 0x80|op, byte(n)
+	if !t.lockWrite(timeout) {
+		return errWriteLockTimeout
 	}
-	t.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeGrace))
+	defer t.unlockWrite()
+	if t.closeSent || t.writeBroke {
+		return nil // the Close is on its way: nothing more to say
+	}
+	t.client.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := t.client.Write(frame[:2+n]); err != nil {
+		t.writeBroke = true
+		return err
+	}
+	return nil
+}
+
+var errWriteLockTimeout = errors.New("timed out waiting to write to the client")
+
+// sendClose sends a Close frame, once. A client that has not accepted the
+// previous message within closeGrace gets none.
+func (t *tunnel) sendClose(code int, reason string) {
+	var frame [2 + maxControlPayload]byte
+	payload := closePayload(frame[2:2], code, reason)
+	frame[0], frame[1] = 0x80|opClose, byte(len(payload))
+	if !t.lockWrite(closeGrace) {
+		return
+	}
+	defer t.unlockWrite()
+	if t.closeSent || t.writeBroke {
+		return
+	}
+	t.closeSent = true
+	t.client.SetWriteDeadline(time.Now().Add(closeGrace))
+	if _, err := t.client.Write(frame[:2+len(payload)]); err != nil {
+		t.writeBroke = true
+	}
 }
 
 // lingerClose closes the client connection after the server's Close frame,
-// once the client has closed too or closeGrace has passed. Closing a socket
+// once the client has closed too or closeGrace has passed: closing a socket
 // with unread input sends an RST, which can destroy the Close frame before
 // the client reads it.
 func (t *tunnel) lingerClose() {
-	closeWrite(t.client.Conn)
-	t.client.Conn.SetReadDeadline(time.Now().Add(closeGrace))
-	io.Copy(io.Discard, t.client.Conn)
+	closeWrite(t.client)
+	t.client.SetReadDeadline(time.Now().Add(closeGrace))
+	io.Copy(io.Discard, t.client)
 	t.client.Close()
 }
 

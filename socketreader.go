@@ -1,0 +1,90 @@
+package wstotcp
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// socketReader reads a connection into buffers lent from a pool at the
+// moment data is there, so that a tunnel waiting for data holds no buffer:
+// thousands of idle tunnels cost their goroutines and little else. It
+// waits for readability through the runtime's poller, as net.Conn.Read
+// does. A connection without a file descriptor (TLS) borrows the buffer
+// before it blocks instead.
+type socketReader struct {
+	conn net.Conn
+	rc   syscall.RawConn // nil when conn has no file descriptor
+	pool *sync.Pool      // of *[]byte
+
+	// The state of one read, shared with readFn to keep the read free of
+	// allocations.
+	bp     *[]byte
+	off    int
+	lent   bool
+	n      int
+	errno  error
+	readFn func(fd uintptr) bool
+}
+
+func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
+	s := &socketReader{conn: conn, pool: pool}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.rc = rc
+		}
+	}
+	s.readFn = func(fd uintptr) bool {
+		if s.bp == nil {
+			s.bp, s.lent = s.pool.Get().(*[]byte), true
+		}
+		for {
+			s.n, s.errno = syscall.Read(int(fd), (*s.bp)[s.off:])
+			if s.errno != syscall.EINTR {
+				break
+			}
+		}
+		if s.errno == syscall.EAGAIN {
+			if s.lent {
+				s.pool.Put(s.bp)
+				s.bp, s.lent = nil, false
+			}
+			return false // wait until readable, then try again
+		}
+		return true
+	}
+	return s
+}
+
+// read reads into (*bp)[off:]; with bp nil it lends a buffer from the pool
+// once data is there. It returns the buffer read into: on an error with
+// nothing read, a lent buffer has gone back to the pool and bp is nil.
+func (s *socketReader) read(bp *[]byte, off int) (*[]byte, int, error) {
+	if s.rc == nil {
+		if bp == nil {
+			bp = s.pool.Get().(*[]byte)
+		}
+		n, err := s.conn.Read((*bp)[off:])
+		return bp, n, err
+	}
+	s.bp, s.off, s.lent, s.n, s.errno = bp, off, false, 0, nil
+	err := s.rc.Read(s.readFn)
+	bp, n, lent := s.bp, s.n, s.lent
+	s.bp = nil
+	if err == nil && s.errno != nil {
+		err = os.NewSyscallError("read", s.errno)
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	if err != nil {
+		n = 0
+		if lent {
+			s.pool.Put(bp)
+			bp = nil
+		}
+	}
+	return bp, n, err
+}
