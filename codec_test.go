@@ -356,6 +356,48 @@ func TestBase64StreamDataWithEOF(t *testing.T) {
 	}
 }
 
+// TestBase64StreamOverlap decodes each chunk from a later part of a buffer
+// to a dst that starts at or before it (the relay decodes in its read
+// buffer, behind the bytes still to parse), and to a separate dst.
+func TestBase64StreamOverlap(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	for _, msg := range base64Cases() {
+		enc := []byte(base64.StdEncoding.EncodeToString(msg))
+		for _, srcOff := range []int{0, 1, 3, 4, 9, 64, 200} {
+			for _, back := range []int{0, 1, 3, -1} { // how far dst starts before src; -1: separate dst
+				if back > srcOff {
+					continue
+				}
+				var s base64Stream
+				var got []byte
+				rest := enc
+				for len(rest) > 0 {
+					k := min(1+rng.Intn(150), len(rest))
+					buf := make([]byte, srcOff+k+3)
+					copy(buf[srcOff:], rest[:k])
+					rest = rest[k:]
+					src := buf[srcOff : srcOff+k]
+					dst := make([]byte, k+3)
+					if back >= 0 {
+						dst = buf[srcOff-back:]
+					}
+					m, err := s.decode(dst, src)
+					if err != nil {
+						t.Fatalf("src at %d, dst %d before it, %d-byte message: %v", srcOff, back, len(msg), err)
+					}
+					got = append(got, dst[:m]...)
+				}
+				if err := s.complete(); err != nil {
+					t.Fatalf("src at %d, dst %d before it, %d-byte message: complete: %v", srcOff, back, len(msg), err)
+				}
+				if !bytes.Equal(got, msg) {
+					t.Fatalf("src at %d, dst %d before it: decoded %x, want %x", srcOff, back, got, msg)
+				}
+			}
+		}
+	}
+}
+
 func TestBase64StreamInvalid(t *testing.T) {
 	tests := []struct {
 		name string

@@ -97,20 +97,23 @@ func parseHeader(p []byte) (h frameHeader, size int, err *closeError) {
 	return h, size, nil
 }
 
-// unmask XORs p with the mask key, starting at key position pos, and
-// returns the position after p. Eight bytes at a time: unmasking is the
-// one pass the relay makes over client data.
-func unmask(p []byte, key [4]byte, pos int) int {
-	if len(p) >= 8 {
+// unmask XORs src with the mask key, starting at key position pos, into
+// dst, and returns the position after src. dst may overlap src if it starts
+// at or before it (the relay gathers payload towards the buffer's front).
+// Eight bytes at a time: this is the one pass the relay makes over client
+// data.
+func unmask(dst, src []byte, key [4]byte, pos int) int {
+	dst = dst[:len(src)]
+	if len(src) >= 8 {
 		k32 := uint32(key[pos&3]) | uint32(key[(pos+1)&3])<<8 | uint32(key[(pos+2)&3])<<16 | uint32(key[(pos+3)&3])<<24
 		k64 := uint64(k32) | uint64(k32)<<32
-		for len(p) >= 8 {
-			binary.LittleEndian.PutUint64(p, binary.LittleEndian.Uint64(p)^k64)
-			p = p[8:]
+		for len(src) >= 8 {
+			binary.LittleEndian.PutUint64(dst, binary.LittleEndian.Uint64(src)^k64)
+			src, dst = src[8:], dst[8:]
 		}
 	}
-	for i := range p {
-		p[i] ^= key[pos&3]
+	for i := range src {
+		dst[i] = src[i] ^ key[pos&3]
 		pos++
 	}
 	return pos & 3

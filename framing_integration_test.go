@@ -328,3 +328,52 @@ func TestCrossOriginRefusedByDefault(t *testing.T) {
 	c := s.dial("/", hdr) // same origin
 	c.Close()
 }
+
+func TestProtocolErrorsClose1002(t *testing.T) {
+	up := newUpstream(t, "tcp", "127.0.0.1:0")
+	s := startCaddy(t, `{HTTP} {
+	ws_to_tcp `+up.addr+`
+}`)
+	cases := map[string][]byte{
+		"unmasked frame":                 {0x82, 0x01, 'x'},
+		"reserved bit":                   maskedFrame(0xC2, []byte("x")),
+		"continuation outside a message": maskedFrame(0x80, []byte("x")),
+		"unknown opcode":                 maskedFrame(0x83, nil),
+		"fragmented ping":                maskedFrame(0x09, nil),
+	}
+	for name, frame := range cases {
+		c := s.dial("/", nil)
+		uc := up.accept(t)
+		c.UnderlyingConn().Write(frame)
+		if code := expectClose(t, c, ioTimeout); code != websocket.CloseProtocolError {
+			t.Errorf("%s: close %d, want 1002", name, code)
+		}
+		readEOFOrReset(t, uc)
+		c.Close()
+	}
+}
+
+func TestPingIsAnsweredWithPong(t *testing.T) {
+	up := echoUpstream(t)
+	s := startCaddy(t, `{HTTP} {
+	ws_to_tcp `+up.addr+`
+}`)
+	c := s.dial("/", nil)
+	defer c.Close()
+	pong := make(chan string, 1)
+	c.SetPongHandler(func(p string) error { pong <- p; return nil })
+	c.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second))
+	c.WriteMessage(websocket.BinaryMessage, []byte("data")) // to have something to read
+	c.SetReadDeadline(time.Now().Add(ioTimeout))
+	if _, b, err := c.ReadMessage(); err != nil || string(b) != "data" {
+		t.Fatalf("got %q %v", b, err)
+	}
+	select {
+	case p := <-pong:
+		if p != "are you there" {
+			t.Fatalf("pong %q", p)
+		}
+	default:
+		t.Fatal("no pong before the echo")
+	}
+}

@@ -63,9 +63,10 @@ type tunnel struct {
 	bytesIn, bytesOut atomic.Int64 // client -> upstream, upstream -> client
 	msgsIn, msgsOut   atomic.Int64
 
-	writeLock  chan struct{} // one frame writer at a time; a channel, to wait with a timeout
-	closeSent  bool          // under writeLock
-	writeBroke bool          // under writeLock: a write failed midway, the stream is unusable
+	writeLock   chan struct{} // one frame writer at a time; a channel, to wait with a timeout
+	closeSent   bool          // under writeLock
+	writeBroke  bool          // under writeLock: a write failed midway, the stream is unusable
+	deadlineSet time.Time     // under writeLock: when the data write deadline was last set
 
 	endOnce   sync.Once
 	ending    atomic.Bool // set by the first decide
@@ -160,8 +161,8 @@ func (t *tunnel) clientToUpstream() (err error) {
 	var (
 		bp         *[]byte // nil while no bytes are pending
 		buf        []byte
-		out        int   // buf[:out]: payload ready for the upstream
-		r, w       int   // buf[r:w]: bytes not parsed yet
+		ps, pe     int   // buf[ps:pe]: payload ready for the upstream
+		r, w       int   // buf[r:w]: bytes not parsed yet; pe <= r
 		remaining  int64 // payload bytes of the current data frame still to come
 		fin        bool  // the current data frame ends its message
 		key        [4]byte
@@ -178,35 +179,42 @@ func (t *tunnel) clientToUpstream() (err error) {
 		}
 	}()
 	flush := func() error {
-		if out == 0 {
+		if ps == pe {
 			return nil
 		}
-		n, err := t.up.Write(buf[:out])
+		n, err := t.up.Write(buf[ps:pe])
 		t.bytesIn.Add(int64(n))
-		out = 0
+		ps, pe = 0, 0
 		if err != nil {
 			return &upstreamError{err}
 		}
 		return nil
 	}
 	for {
-		// The payload of the current data frame, as far as it is here.
+		// The payload of the current data frame, as far as it is here:
+		// unmasked where it lies when it continues the pending bytes (a
+		// large frame is never moved), else moved up behind them.
 		if remaining > 0 && r < w {
-			chunk := buf[r : r+int(min(remaining, int64(w-r)))]
-			keyPos = unmask(chunk, key, keyPos)
-			r += len(chunk)
-			remaining -= int64(len(chunk))
+			n := int(min(remaining, int64(w-r)))
+			src := buf[r : r+n]
+			if ps == pe {
+				ps, pe = r, r
+			}
+			keyPos = unmask(buf[pe:], src, key, keyPos)
+			chunk := buf[pe : pe+n]
+			r += n
+			remaining -= int64(n)
 			switch {
 			case msgOp == opText && t.base64:
-				n, err := b64.decode(buf[out:], chunk)
+				m, err := b64.decode(buf[pe:], chunk)
 				if err != nil {
 					return errors.Join(flush(), err)
 				}
-				out += n
+				pe += m
 			case msgOp == opText && t.h.ValidateUTF8 && !utf8v.valid(chunk):
 				return errors.Join(flush(), errInvalidUTF8)
 			default:
-				out += copy(buf[out:], chunk)
+				pe += n
 			}
 			if remaining == 0 && fin {
 				if cerr := t.endMessage(msgOp, &utf8v, &b64); cerr != nil {
@@ -228,7 +236,7 @@ func (t *tunnel) clientToUpstream() (err error) {
 					size = 0 // wait for the whole control frame
 				} else {
 					payload := buf[r+size : r+size+int(h.length)]
-					unmask(payload, h.mask, 0)
+					unmask(payload, payload, h.mask, 0)
 					r += size + int(h.length)
 					if cerr := t.control(h.opcode, payload); cerr != nil {
 						return errors.Join(flush(), cerr)
@@ -486,7 +494,7 @@ func (t *tunnel) writeFrame(op byte, buf []byte, start, n int) error {
 	if t.closeSent || t.writeBroke {
 		return errCloseSent
 	}
-	t.client.SetWriteDeadline(time.Now().Add(time.Duration(t.h.WriteTimeout)))
+	t.refreshWriteDeadline()
 	if _, err := t.client.Write(buf[hs : start+n]); err != nil {
 		t.writeBroke = true
 		return err
@@ -508,11 +516,25 @@ func (t *tunnel) writeControl(op byte, payload []byte, timeout time.Duration) er
 		return nil // the Close is on its way: nothing more to say
 	}
 	t.client.SetWriteDeadline(time.Now().Add(timeout))
+	t.deadlineSet = time.Time{}
 	if _, err := t.client.Write(frame[:2+n]); err != nil {
 		t.writeBroke = true
 		return err
 	}
 	return nil
+}
+
+// refreshWriteDeadline moves the client's write deadline to write_timeout
+// from now. Moving it costs a timer update, so it is moved only when it
+// has come 1/64 of write_timeout nearer: a stuck client is dropped after
+// between 63/64 of write_timeout and write_timeout. Under writeLock.
+func (t *tunnel) refreshWriteDeadline() {
+	timeout := time.Duration(t.h.WriteTimeout)
+	now := time.Now()
+	if now.Sub(t.deadlineSet) > timeout/64 || t.deadlineSet.IsZero() {
+		t.client.SetWriteDeadline(now.Add(timeout))
+		t.deadlineSet = now
+	}
 }
 
 var errWriteLockTimeout = errors.New("timed out waiting to write to the client")
