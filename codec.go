@@ -20,8 +20,8 @@ func incompleteTail(p []byte) int {
 	return 0
 }
 
-// appendValidUTF8 appends p to dst with each invalid byte replaced by
-// U+FFFD, as browsers' TextDecoder does.
+// appendValidUTF8 appends p to dst with each byte that is not part of a
+// valid UTF-8 sequence replaced by U+FFFD.
 func appendValidUTF8(dst, p []byte) []byte {
 	for len(p) > 0 {
 		r, size := utf8.DecodeRune(p)
