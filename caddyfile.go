@@ -35,6 +35,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		buffer_size <size>
 //		write_timeout <duration>
 //		reload_close_after <duration>
+//		heartbeat <interval> [<timeout>]
+//		heartbeat_payload text <string>
+//		idle_timeout <duration>
+//		throttle <rate> | throttle {
+//			read <rate>
+//			write <rate>
+//			burst <size>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name; httpcaddyfile removed the matcher
@@ -64,6 +72,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseDuration(d, &h.WriteTimeout)
 		case "reload_close_after":
 			err = parseDuration(d, &h.ReloadCloseAfter)
+		case "idle_timeout":
+			err = parseDuration(d, &h.IdleTimeout)
+		case "heartbeat":
+			err = h.parseHeartbeat(d)
+		case "heartbeat_payload":
+			args := d.RemainingArgs()
+			if len(args) != 2 || args[0] != "text" {
+				return d.Errf("heartbeat_payload: expected: heartbeat_payload text <string>")
+			}
+			if args[1] == "" {
+				return d.Errf("heartbeat_payload: the text must not be empty")
+			}
+			h.HeartbeatText = args[1]
+		case "throttle":
+			err = h.parseThrottle(d)
 		case "upstream_tls":
 			err = h.parseUpstreamTLS(d)
 		case "subprotocols":
@@ -134,6 +157,76 @@ func (h *Handler) parseUpstreamTLS(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("upstream_tls: unrecognized subdirective %q", sub)
 		}
+	}
+	return nil
+}
+
+func (h *Handler) parseHeartbeat(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.Errf("heartbeat: expected heartbeat <interval> [<timeout>]")
+	}
+	for i, a := range args {
+		dur, err := caddy.ParseDuration(a)
+		if err != nil || dur <= 0 {
+			return d.Errf("heartbeat: %q is not a positive duration", a)
+		}
+		if i == 0 {
+			h.HeartbeatInterval = caddy.Duration(dur)
+		} else {
+			h.HeartbeatTimeout = caddy.Duration(dur)
+		}
+	}
+	return nil
+}
+
+// parseThrottle reads `throttle <rate>` (both ways) or the block form.
+func (h *Handler) parseThrottle(d *caddyfile.Dispenser) error {
+	h.Throttle = new(Throttle)
+	args := d.RemainingArgs()
+	if len(args) > 1 {
+		return d.Errf("throttle: expected one rate, or a block")
+	}
+	if len(args) == 1 {
+		r, err := parseRate(args[0])
+		if err != nil {
+			return d.Errf("throttle: %v", err)
+		}
+		h.Throttle.Read, h.Throttle.Write = r, r
+		if d.NextBlock(d.Nesting()) {
+			return d.Errf("throttle: takes a rate or a block, not both")
+		}
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.Errf("throttle: %s: expected one value", sub)
+		}
+		switch sub {
+		case "read", "write":
+			r, err := parseRate(v)
+			if err != nil {
+				return d.Errf("throttle: %s: %v", sub, err)
+			}
+			if sub == "read" {
+				h.Throttle.Read = r
+			} else {
+				h.Throttle.Write = r
+			}
+		case "burst":
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > math.MaxInt32 {
+				return d.Errf("throttle: burst: invalid size %q", v)
+			}
+			h.Throttle.Burst = int64(n)
+		default:
+			return d.Errf("throttle: unrecognized subdirective %q", sub)
+		}
+	}
+	if h.Throttle.Read == 0 && h.Throttle.Write == 0 {
+		return d.Errf("throttle: set read, write, or both")
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
@@ -100,12 +101,38 @@ type Handler struct {
 	// reload. Default: 0, they stay open until either side ends them.
 	ReloadCloseAfter caddy.Duration `json:"reload_close_after,omitempty"`
 
+	// Send a ping to the client this often; a client that then sends
+	// nothing at all (no pong, no data) for heartbeat_timeout is closed with
+	// 1008, and its upstream closed. Catches clients that vanished without a
+	// FIN. Default: 0, off.
+	HeartbeatInterval caddy.Duration `json:"heartbeat_interval,omitempty"`
+
+	// How long to wait for anything from the client after a heartbeat.
+	// Default: heartbeat_interval.
+	HeartbeatTimeout caddy.Duration `json:"heartbeat_timeout,omitempty"`
+
+	// Send this text message as the heartbeat instead of a ping, for
+	// clients that do not see pings (browsers answer them silently, and
+	// some applications want a keep-alive they can observe). The client's
+	// answer, or anything else it sends, counts as alive. Default: empty,
+	// a ping.
+	HeartbeatText string `json:"heartbeat_text,omitempty"`
+
+	// Close a tunnel (1008) that relayed no data either way for this long.
+	// Pings and pongs do not count as data. Default: 0, no limit.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// Bandwidth caps per tunnel. Default: none.
+	Throttle *Throttle `json:"throttle,omitempty"`
+
 	ctx         caddy.Context
 	logger      *zap.Logger
 	upgrader    websocket.Upgrader
 	bufPool     *sync.Pool // *[]byte of headroom+BufferSize, lent to the pumps
 	b64Pool     *sync.Pool // *[]byte for base64-encoded messages
 	upstreamTLS *tls.Config
+	// heartbeatFrame is HeartbeatText framed once at provision.
+	heartbeatFrame []byte
 }
 
 // CaddyModule returns the Caddy module information.
@@ -130,6 +157,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.BufferSize == 0 {
 		h.BufferSize = defaultBufferSize
+	}
+	if h.HeartbeatInterval > 0 && h.HeartbeatTimeout == 0 {
+		h.HeartbeatTimeout = h.HeartbeatInterval
+	}
+	if h.HeartbeatText != "" {
+		f := make([]byte, maxHeader+len(h.HeartbeatText))
+		copy(f[maxHeader:], h.HeartbeatText)
+		h.heartbeatFrame = f[putHeader(f, maxHeader, opText, len(h.HeartbeatText)):]
 	}
 
 	for i, u := range h.Upstreams {
@@ -180,8 +215,18 @@ func (h *Handler) Validate() error {
 	if h.MaxMessageSize < 0 {
 		return fmt.Errorf("max_message_size: must not be negative")
 	}
-	if h.DialTimeout < 0 || h.WriteTimeout < 0 || h.ReloadCloseAfter < 0 {
-		return fmt.Errorf("dial_timeout, write_timeout and reload_close_after must not be negative")
+	if h.DialTimeout < 0 || h.WriteTimeout < 0 || h.ReloadCloseAfter < 0 || h.IdleTimeout < 0 ||
+		h.HeartbeatInterval < 0 || h.HeartbeatTimeout < 0 {
+		return fmt.Errorf("durations must not be negative")
+	}
+	if h.HeartbeatText != "" && h.HeartbeatInterval == 0 {
+		return fmt.Errorf("heartbeat_payload: needs heartbeat <interval>")
+	}
+	if h.HeartbeatText != "" && !utf8.ValidString(h.HeartbeatText) {
+		return fmt.Errorf("heartbeat_payload: text must be UTF-8")
+	}
+	if th := h.Throttle; th != nil && (th.Read < 0 || th.Write < 0 || th.Burst < 0) {
+		return fmt.Errorf("throttle: rates and burst must not be negative")
 	}
 	for _, p := range h.Subprotocols {
 		if !isToken(p) {

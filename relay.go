@@ -26,7 +26,10 @@ const (
 	byServer   = "server"
 )
 
-var errCloseSent = errors.New("close frame sent")
+var (
+	errCloseSent = errors.New("close frame sent")
+	errEnding    = errors.New("tunnel ending")
+)
 
 var noHeader [headroom]byte // the headroom of a buffer built by appending
 
@@ -73,7 +76,15 @@ type tunnel struct {
 	closeCode int         // how the tunnel ended, set once by decide
 	closedBy  string
 	closeErr  error
-	pumps     atomic.Int32 // pumps still running; the last one finishes
+	pumps     atomic.Int32  // pumps still running; the last one finishes
+	done      chan struct{} // closed by the first decide; nil unless throttled
+
+	// Heartbeat, idle timeout and throttle; all nil or zero when off.
+	hbTimer, idleTimer *time.Timer
+	pingAt, nextPing   int64        // oldest unanswered ping, next ping due (since start); heartbeat timer only
+	lastHeard          atomic.Int64 // when the client last sent anything (since start)
+	lastData           atomic.Int64 // when data last went either way (since start)
+	readLim, writeLim  *limiter     // client to upstream, upstream to client
 }
 
 func newTunnel(h *Handler, up net.Conn, upstream, subprotocol, remote string) *tunnel {
@@ -92,6 +103,11 @@ func newTunnel(h *Handler, up net.Conn, upstream, subprotocol, remote string) *t
 	if h.MessageType == "text" || t.base64 {
 		t.opcode = opText
 	}
+	if th := h.Throttle; th != nil {
+		t.readLim = newLimiter(th.Read, th.Burst, h.BufferSize)
+		t.writeLim = newLimiter(th.Write, th.Burst, h.BufferSize)
+		t.done = make(chan struct{})
+	}
 	t.upRd = newSocketReader(up, h.bufPool)
 	return t
 }
@@ -102,6 +118,7 @@ func (t *tunnel) start(client net.Conn) {
 	t.client = client
 	t.clientRd = newSocketReader(client, t.h.bufPool)
 	register(t)
+	t.startTimers()
 	t.pumps.Store(2)
 	go func() {
 		defer t.pumpDone()
@@ -120,6 +137,7 @@ func (t *tunnel) pumpDone() {
 	if t.pumps.Add(-1) > 0 {
 		return
 	}
+	t.stopTimers()
 	t.up.Close()
 	t.client.Close()
 	unregister(t)
@@ -146,6 +164,9 @@ func (t *tunnel) decide(code int, by string, err error) bool {
 	t.endOnce.Do(func() {
 		t.closeCode, t.closedBy, t.closeErr = code, by, err
 		t.ending.Store(true)
+		if t.done != nil {
+			close(t.done)
+		}
 		first = true
 	})
 	return first
@@ -178,15 +199,31 @@ func (t *tunnel) clientToUpstream() (err error) {
 			t.h.bufPool.Put(bp)
 		}
 	}()
+	trackData := t.h.IdleTimeout > 0
+	trackHeard := t.h.HeartbeatInterval > 0
 	flush := func() error {
 		if ps == pe {
 			return nil
 		}
-		n, err := t.up.Write(buf[ps:pe])
-		t.bytesIn.Add(int64(n))
+		if trackData {
+			t.lastData.Store(t.since())
+		}
+		p := buf[ps:pe]
 		ps, pe = 0, 0
-		if err != nil {
-			return &upstreamError{err}
+		for len(p) > 0 {
+			k := len(p)
+			if t.readLim != nil {
+				k = min(k, t.readLim.burst)
+				if !t.readLim.wait(k, t.done) {
+					return errEnding
+				}
+			}
+			n, err := t.up.Write(p[:k])
+			t.bytesIn.Add(int64(n))
+			if err != nil {
+				return &upstreamError{err}
+			}
+			p = p[k:]
 		}
 		return nil
 	}
@@ -287,9 +324,12 @@ func (t *tunnel) clientToUpstream() (err error) {
 		}
 		r = 0
 		var n int
-		bp, n, err = t.clientRd.read(bp, w)
+		bp, n, err = t.clientRd.read(bp, w, 0)
 		if err != nil {
 			return err
+		}
+		if trackHeard {
+			t.lastHeard.Store(t.since())
 		}
 		buf = *bp
 		w += n
@@ -373,8 +413,19 @@ func (t *tunnel) upstreamToClient() error {
 	nc := 0
 	var repaired []byte // text mode: upstream bytes that are not UTF-8
 	draining := false
+	trackData := t.h.IdleTimeout > 0
+	readEnd := 0 // the whole buffer
+	if t.writeLim != nil {
+		readEnd = headroom + min(t.h.BufferSize, t.writeLim.burst)
+	}
 	for {
-		bp, n, err := t.upRd.read(nil, headroom)
+		bp, n, err := t.upRd.read(nil, headroom, readEnd)
+		if n > 0 && trackData {
+			t.lastData.Store(t.since())
+		}
+		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) {
+			draining = true // the tunnel is ending
+		}
 		if n > 0 && !draining {
 			buf := *bp
 			start, end := headroom, headroom+n
@@ -458,7 +509,7 @@ func (t *tunnel) upstreamEnded(err error) {
 
 // terminate ends the tunnel from the server's side (reload, stop, admin).
 func (t *tunnel) terminate(code int, reason string) {
-	if !t.decide(code, byServer, nil) {
+	if !t.decide(code, byServer, errors.New(reason)) {
 		return
 	}
 	t.sendClose(code, reason)
@@ -535,6 +586,21 @@ func (t *tunnel) refreshWriteDeadline() {
 		t.client.SetWriteDeadline(now.Add(timeout))
 		t.deadlineSet = now
 	}
+}
+
+// writeRaw writes a whole frame built beforehand (a text heartbeat).
+func (t *tunnel) writeRaw(frame []byte) error {
+	t.writeLock <- struct{}{}
+	defer t.unlockWrite()
+	if t.closeSent || t.writeBroke {
+		return errCloseSent
+	}
+	t.refreshWriteDeadline()
+	if _, err := t.client.Write(frame); err != nil {
+		t.writeBroke = true
+		return err
+	}
+	return nil
 }
 
 var errWriteLockTimeout = errors.New("timed out waiting to write to the client")

@@ -23,6 +23,7 @@ type socketReader struct {
 	// allocations.
 	bp     *[]byte
 	off    int
+	end    int // 0: to the end of the buffer
 	lent   bool
 	n      int
 	errno  error
@@ -40,8 +41,12 @@ func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
 		if s.bp == nil {
 			s.bp, s.lent = s.pool.Get().(*[]byte), true
 		}
+		p := (*s.bp)[s.off:]
+		if s.end > 0 {
+			p = (*s.bp)[s.off:s.end]
+		}
 		for {
-			s.n, s.errno = syscall.Read(int(fd), (*s.bp)[s.off:])
+			s.n, s.errno = syscall.Read(int(fd), p)
 			if s.errno != syscall.EINTR {
 				break
 			}
@@ -58,18 +63,23 @@ func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
 	return s
 }
 
-// read reads into (*bp)[off:]; with bp nil it lends a buffer from the pool
-// once data is there. It returns the buffer read into: on an error with
-// nothing read, a lent buffer has gone back to the pool and bp is nil.
-func (s *socketReader) read(bp *[]byte, off int) (*[]byte, int, error) {
+// read reads into (*bp)[off:end], or (*bp)[off:] when end is 0; with bp
+// nil it lends a buffer from the pool once data is there. It returns the
+// buffer read into: on an error with nothing read, a lent buffer has gone
+// back to the pool and bp is nil.
+func (s *socketReader) read(bp *[]byte, off, end int) (*[]byte, int, error) {
 	if s.rc == nil {
 		if bp == nil {
 			bp = s.pool.Get().(*[]byte)
 		}
-		n, err := s.conn.Read((*bp)[off:])
+		p := (*bp)[off:]
+		if end > 0 {
+			p = (*bp)[off:end]
+		}
+		n, err := s.conn.Read(p)
 		return bp, n, err
 	}
-	s.bp, s.off, s.lent, s.n, s.errno = bp, off, false, 0, nil
+	s.bp, s.off, s.end, s.lent, s.n, s.errno = bp, off, end, false, 0, nil
 	err := s.rc.Read(s.readFn)
 	bp, n, lent := s.bp, s.n, s.lent
 	s.bp = nil

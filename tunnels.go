@@ -5,47 +5,145 @@ import (
 	"encoding/base32"
 	"fmt"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // tunnels holds every open tunnel of the process, whichever configuration
-// started it: tunnels outlive reloads, so the admin API, shutdown and
-// reload_close_after need one place to find them.
+// started it: tunnels outlive reloads, so the admin API, the metrics,
+// shutdown and reload_close_after need one place to find them.
 var tunnels = struct {
 	sync.Mutex
-	m map[*tunnel]struct{}
-}{m: make(map[*tunnel]struct{})}
+	m map[string]*tunnel // by id
 
-func register(t *tunnel) {
-	tunnels.Lock()
-	tunnels.m[t] = struct{}{}
-	tunnels.Unlock()
+	// The traffic of the tunnels that have ended. A tunnel's counters move
+	// here in the same critical section that removes it from m, so that
+	// ended plus the live tunnels' counters, the metrics' totals, never go
+	// backwards.
+	ended traffic
+}{m: make(map[string]*tunnel)}
+
+// traffic is what tunnels relayed: bytes and messages each way.
+type traffic struct {
+	bytesIn, bytesOut, msgsIn, msgsOut int64
 }
 
+func (a *traffic) add(t *tunnel) {
+	a.bytesIn += t.bytesIn.Load()
+	a.bytesOut += t.bytesOut.Load()
+	a.msgsIn += t.msgsIn.Load()
+	a.msgsOut += t.msgsOut.Load()
+}
+
+// register adds a started tunnel, before its pumps run, and announces it:
+// the connect event thus always comes before the disconnect event.
+func register(t *tunnel) {
+	tunnels.Lock()
+	tunnels.m[t.id] = t
+	tunnels.Unlock()
+	t.h.emitConnect(t) // outside the lock: event handlers run synchronously
+}
+
+// unregister removes an ended tunnel and adds its traffic to the totals.
 func unregister(t *tunnel) {
 	tunnels.Lock()
-	delete(tunnels.m, t)
+	if tunnels.m[t.id] == t {
+		delete(tunnels.m, t.id)
+		tunnels.ended.add(t)
+	}
 	tunnels.Unlock()
+	connectionsTotal.WithLabelValues(outcome(t.closeCode, t.closedBy)).Inc()
+}
+
+// findTunnel returns the open tunnel with this id, or nil. A tunnel that
+// is closing counts as gone.
+func findTunnel(id string) *tunnel {
+	tunnels.Lock()
+	t := tunnels.m[id]
+	tunnels.Unlock()
+	if t == nil || t.ending.Load() {
+		return nil
+	}
+	return t
+}
+
+// selectTunnels returns the open tunnels for which match is true (all for
+// a nil match), oldest first. Tunnels that are closing are left out.
+func selectTunnels(match func(*tunnel) bool) []*tunnel {
+	tunnels.Lock()
+	list := make([]*tunnel, 0, len(tunnels.m))
+	for _, t := range tunnels.m {
+		if !t.ending.Load() && (match == nil || match(t)) {
+			list = append(list, t)
+		}
+	}
+	tunnels.Unlock()
+	slices.SortFunc(list, func(a, b *tunnel) int {
+		if c := a.started.Compare(b.started); c != 0 {
+			return c
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	return list
 }
 
 // closeTunnels terminates the tunnels started by h, or all tunnels when h is
 // nil, and returns how many it closed.
 func closeTunnels(h *Handler, code int, reason string) int {
-	tunnels.Lock()
-	var list []*tunnel
-	for t := range tunnels.m {
-		if h == nil || t.h == h {
-			list = append(list, t)
+	list := selectTunnels(func(t *tunnel) bool { return h == nil || t.h == h })
+	forEachTunnel(list, func(t *tunnel) error {
+		t.terminate(code, reason)
+		return nil
+	})
+	return len(list)
+}
+
+// maxParallelWrites bounds the goroutines that write to many clients at
+// once (broadcast, ping, disconnect). Writing to a client that does not
+// read blocks for up to its write_timeout; in parallel, one such client
+// does not hold up the others.
+const maxParallelWrites = 32
+
+// forEachTunnel calls f for each tunnel, on up to maxParallelWrites
+// goroutines, and returns how many calls failed.
+func forEachTunnel(list []*tunnel, f func(*tunnel) error) (failed int) {
+	var next, failures atomic.Int64
+	work := func() {
+		defer func() {
+			if v := recover(); v != nil {
+				caddy.Log().Named("http.handlers.ws_to_tcp").Error("panic writing to tunnels",
+					zap.String("panic", fmt.Sprint(v)), zap.ByteString("stack", debug.Stack()))
+				failures.Add(1)
+			}
+		}()
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(list) {
+				return
+			}
+			if err := f(list[i]); err != nil {
+				failures.Add(1)
+			}
 		}
 	}
-	tunnels.Unlock()
-	for _, t := range list {
-		t.terminate(code, reason)
+	workers := min(len(list), maxParallelWrites)
+	if workers <= 1 {
+		work()
+		return int(failures.Load())
 	}
-	return len(list)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(work)
+	}
+	wg.Wait()
+	return int(failures.Load())
 }
 
 var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
@@ -58,15 +156,18 @@ func newConnID() string {
 	return idEncoding.EncodeToString(b[:])
 }
 
-// logClosed writes the one INFO line of a closed tunnel.
+// logClosed writes the one INFO line of a closed tunnel and emits its
+// disconnect event.
 func (h *Handler) logClosed(t *tunnel) {
+	d := time.Since(t.started)
 	h.logger.Info("tunnel closed",
 		zap.String("conn_id", t.id),
 		zap.String("remote_ip", t.remote),
 		zap.String("user", t.user),
 		zap.String("upstream", t.upstream),
 		zap.String("subprotocol", t.subprotocol),
-		zap.Duration("duration", time.Since(t.started)),
+		zap.String("channel", t.channel),
+		zap.Duration("duration", d),
 		zap.Int64("bytes_in", t.bytesIn.Load()),
 		zap.Int64("bytes_out", t.bytesOut.Load()),
 		zap.Int64("messages_in", t.msgsIn.Load()),
@@ -75,6 +176,7 @@ func (h *Handler) logClosed(t *tunnel) {
 		zap.String("closed_by", t.closedBy),
 		zap.NamedError("reason", t.closeErr),
 	)
+	h.emitDisconnect(t, d)
 }
 
 func (h *Handler) logPanic(t *tunnel, v any) {
