@@ -58,8 +58,8 @@ func TestParseHeader(t *testing.T) {
 
 func TestUnmaskAnyOffsetAndLength(t *testing.T) {
 	key := [4]byte{0xA1, 0xB2, 0xC3, 0xD4}
-	for n := 0; n < 40; n++ {
-		for split := 0; split <= n; split++ {
+	for n := 0; n < 200; n += 1 + n/40 {
+		for split := 0; split <= n; split += 1 + split/16 {
 			orig := make([]byte, n)
 			for i := range orig {
 				orig[i] = byte(i * 13)
@@ -143,4 +143,12 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatalf("negative length %d", h.length)
 		}
 	})
+}
+
+func BenchmarkUnmask(b *testing.B) {
+	buf := make([]byte, 32<<10)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		unmask(buf, buf, [4]byte{1, 2, 3, 4}, 0)
+	}
 }
