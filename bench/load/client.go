@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// target is where the load goes: a WebSocket URL (ws_to_tcp, websockify) or
+// a TCP address (the plain relay).
+type target struct {
+	ws   bool
+	url  string // ws://host:port/path
+	addr string // host:port
+}
+
+func parseTarget(s string) (target, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return target{}, err
+	}
+	switch u.Scheme {
+	case "ws":
+		return target{ws: true, url: s, addr: u.Host}, nil
+	case "tcp":
+		return target{addr: u.Host}, nil
+	}
+	return target{}, fmt.Errorf("target %q: want ws://host:port/path or tcp://host:port", s)
+}
+
+// client is one connection through the proxy. Upload data is written as
+// pre-built wire bytes straight to the socket: for a WebSocket, whole frames
+// (FIN + binary, masked with key 0, one frame per message, as browsers
+// send); for TCP, the bare payload in writes of the same size. Downloads are
+// read as a byte stream (the payloads of the binary messages, for a
+// WebSocket).
+type client struct {
+	ws *websocket.Conn // nil for TCP
+	nc net.Conn
+	r  io.Reader // the WebSocket message being read
+}
+
+func dial(ctx context.Context, t target, readBuf int) (*client, error) {
+	if !t.ws {
+		nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", t.addr)
+		if err != nil {
+			return nil, err
+		}
+		return &client{nc: nc}, nil
+	}
+	d := websocket.Dialer{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   readBuf,
+		WriteBufferSize:  256, // gorilla's writer is not used
+		WriteBufferPool:  noPool{},
+	}
+	ws, resp, err := d.DialContext(ctx, t.url, nil)
+	if err != nil {
+		if resp != nil {
+			err = fmt.Errorf("%v (HTTP %s)", err, resp.Status)
+		}
+		return nil, err
+	}
+	// Close frames are answered by closeSend, on our write path: gorilla's
+	// default handler would write concurrently with the raw writes.
+	ws.SetCloseHandler(func(int, string) error { return nil })
+	return &client{ws: ws, nc: ws.UnderlyingConn()}, nil
+}
+
+type noPool struct{}
+
+func (noPool) Get() any { return nil }
+func (noPool) Put(any)  {}
+
+// frameHeader appends the header of a masked FIN frame with mask key 0.
+func frameHeader(dst []byte, opcode byte, n int) []byte {
+	dst = append(dst, 0x80|opcode)
+	switch {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n < 1<<16:
+		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	return append(dst, 0, 0, 0, 0) // masking key 0: payload XOR 0 = payload
+}
+
+// wire returns the bytes that carry payload as one message.
+func wire(ws bool, payload []byte) []byte {
+	if !ws {
+		return append([]byte(nil), payload...)
+	}
+	b := frameHeader(make([]byte, 0, 14+len(payload)), 0x2, len(payload))
+	return append(b, payload...)
+}
+
+// payloadOffset is where the payload starts in wire(ws, payload).
+func payloadOffset(ws bool, n int) int {
+	if !ws {
+		return 0
+	}
+	return len(frameHeader(nil, 0x2, n))
+}
+
+func (c *client) write(b []byte) error {
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// send writes payload as one message.
+func (c *client) send(payload []byte) error { return c.write(wire(c.ws != nil, payload)) }
+
+// Read reads the byte stream from the proxy. For a WebSocket, a Close 1000
+// (or 1001) from the server is io.EOF; another close code is an error.
+func (c *client) Read(p []byte) (int, error) {
+	if c.ws == nil {
+		return c.nc.Read(p)
+	}
+	for {
+		if c.r == nil {
+			typ, r, err := c.ws.NextReader()
+			if err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) && (ce.Code == websocket.CloseNormalClosure || ce.Code == websocket.CloseGoingAway) {
+					return 0, io.EOF
+				}
+				return 0, err
+			}
+			if typ != websocket.BinaryMessage {
+				return 0, fmt.Errorf("got a message of type %d, want binary", typ)
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+// closeSend ends our sending side: a Close 1000 frame, or a TCP half-close.
+func (c *client) closeSend() error {
+	if c.ws == nil {
+		return c.nc.(*net.TCPConn).CloseWrite()
+	}
+	f := frameHeader(make([]byte, 0, 16), 0x8, 2)
+	return c.write(binary.BigEndian.AppendUint16(f, 1000))
+}
+
+// finish ends the connection politely: closeSend, then read (discarding)
+// until the server's Close or EOF, then close. Data arriving meanwhile is
+// an error when strict.
+func (c *client) finish(timeout time.Duration, strict bool) error {
+	defer c.nc.Close()
+	if err := c.closeSend(); err != nil {
+		return err
+	}
+	c.nc.SetReadDeadline(time.Now().Add(timeout))
+	var buf [4096]byte
+	for {
+		n, err := c.Read(buf[:])
+		if n > 0 && strict {
+			return fmt.Errorf("%d unexpected bytes after the data", n)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if c.ws != nil && (websocket.IsUnexpectedCloseError(err) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				// The server closed without a Close frame after ours.
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func (c *client) close() { c.nc.Close() }
+
+// msgTable holds K distinct messages of one size, pre-built as wire bytes:
+// message j of a stream is entry j % K. Entry k's payload is a window of a
+// pseudo-random block, so that neighbouring messages differ and reordering
+// or loss shows in the content check.
+type msgTable struct {
+	ws      bool
+	size    int
+	wires   [][]byte
+	payload [][]byte
+}
+
+var block = sync.OnceValue(func() []byte {
+	b := make([]byte, 1<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	return b
+})
+
+func newMsgTable(ws bool, size int) *msgTable {
+	k := max(16, min(4096, (4<<20)/size))
+	t := &msgTable{ws: ws, size: size}
+	blk := block()
+	src := make([]byte, size)
+	for i := range k {
+		off := (i * 4099) % len(blk)
+		for n := 0; n < size; {
+			n += copy(src[n:], blk[(off+n)%len(blk):])
+		}
+		w := wire(ws, src)
+		t.wires = append(t.wires, w)
+		t.payload = append(t.payload, w[len(w)-size:])
+	}
+	return t
+}
+
+func (t *msgTable) k() int { return len(t.wires) }
+
+// pattern is the source upstream's stream: byte i is byte(i ^ i>>9 ^ i>>17),
+// which repeats every 32 MiB.
+var patternOnce = sync.OnceValue(func() []byte {
+	p := make([]byte, 32<<20)
+	for i := range p {
+		p[i] = byte(i ^ i>>9 ^ i>>17)
+	}
+	return p
+})
+
+func isClosedErr(err error) bool {
+	return err != nil && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "use of closed"))
+}

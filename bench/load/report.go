@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The report: one row per figure, the median (min–max) over repetitions for
+// each proxy, and ratio = ws_to_tcp median / relay median checked against
+// the target.
+
+type rowSpec struct {
+	label, metric, name string
+	lower               bool    // lower is better (latency, CPU, memory)
+	target              float64 // 0: no target
+}
+
+func rowSpecs(labels map[string]bool) []rowSpec {
+	rows := []rowSpec{
+		{"upload_64k", "mbps", "upload, 64 KiB msgs (MB/s)", false, 1.0},
+		{"upload_64k", "cpu_ms_per_mb", "upload, 64 KiB msgs: proxy CPU (ms/MB)", true, 1.15},
+		{"upload_1k", "mbps", "upload, 1 KiB msgs (MB/s)", false, 0.8},
+		{"upload_1k", "cpu_ms_per_mb", "upload, 1 KiB msgs: proxy CPU (ms/MB)", true, 0},
+		{"download", "mbps", "download (MB/s)", false, 0.95},
+		{"download", "cpu_ms_per_mb", "download: proxy CPU (ms/MB)", true, 0},
+		{"echo_8", "mbps", "echo, 8 conns (MB/s)", false, 0.95},
+		{"echo_8", "cpu_ms_per_mb", "echo, 8 conns: proxy CPU (ms/MB)", true, 0},
+		{"echo_64", "mbps", "echo, 64 conns (MB/s)", false, 0.95},
+		{"echo_64", "cpu_ms_per_mb", "echo, 64 conns: proxy CPU (ms/MB)", true, 0},
+		{"rtt_1", "p50_us", "rtt 64 B, 1 conn: p50 (µs)", true, 1.05},
+		{"rtt_1", "p99_us", "rtt 64 B, 1 conn: p99 (µs)", true, 1.2},
+		{"rtt_16", "rtps", "rtt 1 KiB, 16 conns (round trips/s)", false, 0},
+		{"connrate", "cps", "connect+echo+close, 16 workers (conn/s)", false, 0.8},
+		{"connrate", "cpu_ms_per_kconn", "connrate: proxy CPU (ms per 1000 conns)", true, 0},
+	}
+	var idle []int
+	for l := range labels {
+		if n, ok := strings.CutPrefix(l, "idle_"); ok {
+			if v, err := strconv.Atoi(n); err == nil {
+				idle = append(idle, v)
+			}
+		}
+	}
+	slices.Sort(idle)
+	for _, n := range idle {
+		rows = append(rows, rowSpec{fmt.Sprintf("idle_%d", n), "kb_per_conn",
+			fmt.Sprintf("idle memory, %d conns (PSS KiB/conn)", n), true, 0.75})
+	}
+	if len(idle) > 0 {
+		rows = append(rows, rowSpec{fmt.Sprintf("idle_%d", idle[0]), "pss_before_kb",
+			"PSS of a freshly started proxy (KiB)", true, 0})
+	}
+	rows = append(rows, rowSpec{"rss_throughput", "peak_rss_mb", "peak RSS, throughput to connrate (MiB)", true, 0})
+	for _, n := range idle {
+		rows = append(rows, rowSpec{fmt.Sprintf("rss_idle_%d", n), "peak_rss_mb",
+			fmt.Sprintf("peak RSS, idle %d conns (MiB)", n), true, 0})
+	}
+	return rows
+}
+
+type cell struct {
+	vals     []float64
+	errs     int
+	skipped  int
+	connFail int // connrate: failed connections (the figure counts only the good ones)
+}
+
+func (c *cell) median() float64 {
+	if len(c.vals) == 0 {
+		return math.NaN()
+	}
+	v := slices.Clone(c.vals)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func num(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case math.IsNaN(v):
+		return "n/a"
+	case a >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	case a >= 1:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 3, 64)
+}
+
+func (c *cell) String() string {
+	if len(c.vals) == 0 {
+		switch {
+		case c.errs > 0:
+			return fmt.Sprintf("FAILED (%d)", c.errs)
+		default:
+			return "n/a"
+		}
+	}
+	s := num(c.median())
+	if len(c.vals) > 1 {
+		s += fmt.Sprintf(" (%s–%s)", num(slices.Min(c.vals)), num(slices.Max(c.vals)))
+	}
+	if c.errs > 0 {
+		s += fmt.Sprintf(" ⚠ %d runs failed", c.errs)
+	}
+	if c.connFail > 0 {
+		s += fmt.Sprintf(" ⚠ %d conns failed", c.connFail)
+	}
+	return s
+}
+
+func cmdReport(args []string) {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	in := fs.String("in", "", "results (JSON lines)")
+	fs.Parse(args)
+	f, err := os.Open(*in)
+	if err != nil {
+		fatalf("report: %v", err)
+	}
+	defer f.Close()
+	type key struct{ label, metric, proxy string }
+	cells := map[key]*cell{}
+	labels := map[string]bool{}
+	var failures []string
+	get := func(k key) *cell {
+		if cells[k] == nil {
+			cells[k] = &cell{}
+		}
+		return cells[k]
+	}
+	var recs []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r map[string]any
+		if json.Unmarshal(sc.Bytes(), &r) == nil {
+			recs = append(recs, r)
+			label, _ := r["label"].(string)
+			labels[strings.TrimPrefix(label, "rss_")] = true
+		}
+	}
+	specs := rowSpecs(labels)
+	for _, r := range recs {
+		label, _ := r["label"].(string)
+		proxy, _ := r["proxy"].(string)
+		errS, hasErr := r["error"].(string)
+		skipped, _ := r["skipped"].(bool)
+		if hasErr {
+			failures = append(failures, fmt.Sprintf("- %s, %s, rep %v: %s", label, proxy, r["rep"], errS))
+		}
+		if ff, ok := r["first_failure"].(string); ok {
+			failures = append(failures, fmt.Sprintf("- %s, %s, rep %v: %v failed connections, first: %s",
+				label, proxy, r["rep"], r["failures"], ff))
+		}
+		for _, spec := range specs {
+			if spec.label != label {
+				continue
+			}
+			c := get(key{label, spec.metric, proxy})
+			switch v, ok := r[spec.metric].(float64); {
+			case skipped:
+				c.skipped++
+			case hasErr:
+				c.errs++
+			case ok:
+				c.vals = append(c.vals, v)
+			}
+			if nf, ok := r["failures"].(float64); ok {
+				c.connFail += int(nf)
+			}
+		}
+	}
+	w := bufio.NewWriter(os.Stdout)
+	defer w.Flush()
+	fmt.Fprintln(w, "| scenario | ws_to_tcp median (min–max) | relay median (min–max) | ratio ws_to_tcp/relay | target | websockify median (min–max) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, spec := range specs {
+		ws, rl, wf := get(key{spec.label, spec.metric, "ws_to_tcp"}), get(key{spec.label, spec.metric, "relay"}),
+			get(key{spec.label, spec.metric, "websockify"})
+		if len(ws.vals)+len(rl.vals)+ws.errs+rl.errs == 0 {
+			continue
+		}
+		ratio := ws.median() / rl.median()
+		ratioS := "n/a"
+		if !math.IsNaN(ratio) && !math.IsInf(ratio, 0) {
+			ratioS = strconv.FormatFloat(ratio, 'f', 2, 64)
+		}
+		target := "—"
+		if spec.target > 0 {
+			op, pass := "≥", ratio >= spec.target
+			if spec.lower {
+				op, pass = "≤", ratio <= spec.target
+			}
+			verdict := "MISS"
+			switch {
+			case ws.errs > 0:
+				verdict = "FAIL (errors)"
+			case math.IsNaN(ratio) || math.IsInf(ratio, 0):
+				verdict = "n/a"
+			case pass:
+				verdict = "PASS"
+			}
+			target = fmt.Sprintf("%s %.2f %s", op, spec.target, verdict)
+		}
+		name := spec.name
+		if spec.lower {
+			name += " ↓"
+		} else {
+			name += " ↑"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", name, ws, rl, ratioS, target, wf)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "↑ higher is better (throughput, conn/s: ratio ≥ target passes); ↓ lower is better "+
+		"(latency, CPU, memory: the ratio is still ws_to_tcp/relay, ≤ target passes). "+
+		"MB = 10^6 bytes of client payload; CPU = the proxy's utime+stime over the timed part.")
+	if len(failures) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Failures:")
+		fmt.Fprintln(w)
+		for _, s := range failures {
+			fmt.Fprintln(w, s)
+		}
+	}
+}

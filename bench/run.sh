@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of ws_to_tcp against a plain Go TCP relay (and
+# websockify when installed), interleaved, reporting ratios. See
+# bench/README.md.
+#
+#   bash bench/run.sh                    # full run, REPS=5
+#   REPS=1 QUICK=1 bash bench/run.sh     # smoke run
+#
+# Knobs (environment): REPS (5), QUICK (0), SIZE (256MiB; QUICK: 32MiB),
+# DURATION (10s; QUICK: 3s), RTT_COUNT (20000; QUICK: 5000), IDLE_CONNS
+# ("1000 5000 9000"; QUICK: "1000"), HOLD (2s), WEBSOCKIFY (auto|0),
+# WSFY_IDLE_MAX (500: websockify 0.10 uses select(), so its per-connection
+# processes fail with "filedescriptor out of range" past about 500 connections),
+# LOAD_TIMEOUT (300s), CADDY_BIN (use this caddy instead of building one),
+# KEEP_TMP (1: keep the work directory with logs).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REPS=${REPS:-5}
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+	SIZE=${SIZE:-32MiB}
+	DURATION=${DURATION:-3s}
+	RTT_COUNT=${RTT_COUNT:-5000}
+	IDLE_CONNS=${IDLE_CONNS:-1000}
+else
+	SIZE=${SIZE:-256MiB}
+	DURATION=${DURATION:-10s}
+	RTT_COUNT=${RTT_COUNT:-20000}
+	IDLE_CONNS=${IDLE_CONNS:-1000 5000 9000}
+fi
+HOLD=${HOLD:-2s}
+WEBSOCKIFY=${WEBSOCKIFY:-auto}
+WSFY_IDLE_MAX=${WSFY_IDLE_MAX:-500}
+LOAD_TIMEOUT=${LOAD_TIMEOUT:-300s}
+KEEP_TMP=${KEEP_TMP:-0}
+
+TMP=$(mktemp -d /tmp/wsbench.XXXXXX)
+BIN=$TMP/bin
+RESULTS=$TMP/results.jsonl
+mkdir -p "$BIN" "$TMP/xdg"
+: >"$RESULTS"
+
+declare -A PID=()     # name -> pid of every process this script started
+declare -A PHASE=()   # proxy -> what its current process has run (for peak RSS)
+LOADPID=
+
+log() { echo "[$(date +%T)] $*" >&2; }
+
+cleanup() {
+	local rc=$?
+	[[ -n $LOADPID ]] && kill "$LOADPID" 2>/dev/null || true
+	for name in "${!PID[@]}"; do
+		kill_tree "${PID[$name]}"
+	done
+	wait 2>/dev/null || true
+	if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
+		log "work directory kept: $TMP"
+	else
+		rm -rf "$TMP"
+	fi
+}
+trap cleanup EXIT
+
+# kill_tree PID: the process and its children (websockify's per-connection
+# processes), all started by this script.
+kill_tree() {
+	local pid=$1 child
+	for child in $(pgrep -P "$pid" 2>/dev/null || true); do
+		kill "$child" 2>/dev/null || true
+	done
+	kill "$pid" 2>/dev/null || true
+}
+
+# first_line FILE: wait for a process to print its address.
+first_line() {
+	local i
+	for ((i = 0; i < 200; i++)); do
+		if [[ -s $1 ]] && head -n1 "$1" | grep -q .; then
+			head -n1 "$1"
+			return
+		fi
+		sleep 0.05
+	done
+	log "no address in $1"
+	return 1
+}
+
+# ---- machine and build ----------------------------------------------------
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+KERNEL=$(uname -sr)
+WSFY_VERSION=
+if [[ $WEBSOCKIFY != 0 ]] && command -v websockify >/dev/null; then
+	WEBSOCKIFY=1
+	WSFY_VERSION=$(dpkg-query -W -f '${Version}' websockify 2>/dev/null || echo "unknown version")
+else
+	WEBSOCKIFY=0
+fi
+
+log "building into $BIN"
+if [[ -n ${CADDY_BIN:-} ]]; then
+	cp "$CADDY_BIN" "$BIN/caddy"
+else
+	if ! go build -o "$BIN/caddy" ./cmd/caddy; then
+		log "building ./cmd/caddy failed (a tree being edited?): retry later, or set CADDY_BIN"
+		exit 1
+	fi
+fi
+go build -o "$BIN/relay" ./bench/relay
+go build -o "$BIN/load" ./bench/load
+LOAD=$BIN/load
+
+# ---- upstreams (started once, shared by all proxies) ----------------------
+
+declare -A UP=()
+for mode in echo sink source; do
+	"$LOAD" upstream -mode "$mode" -listen 127.0.0.1:0 >"$TMP/up_$mode.out" 2>"$TMP/up_$mode.err" &
+	PID[up_$mode]=$!
+done
+for mode in echo sink source; do
+	UP[$mode]=$(first_line "$TMP/up_$mode.out")
+done
+log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
+
+# ---- proxies --------------------------------------------------------------
+
+PROXIES=(ws_to_tcp relay)
+[[ $WEBSOCKIFY == 1 ]] && PROXIES+=(websockify)
+declare -A ADDR=()    # proxy/upstream -> address
+
+start_ws_to_tcp() {
+	local port
+	port=$("$LOAD" freeport)
+	cat >"$TMP/Caddyfile" <<-EOF
+		{
+			admin off
+			persist_config off
+			auto_https off
+			log {
+				output discard
+			}
+		}
+		http://127.0.0.1:$port {
+			bind 127.0.0.1
+			ws_to_tcp /echo ${UP[echo]}
+			ws_to_tcp /sink ${UP[sink]}
+			ws_to_tcp /source ${UP[source]}
+		}
+	EOF
+	XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
+		"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
+	PID[ws_to_tcp]=$!
+	"$LOAD" waitport -addr "127.0.0.1:$port"
+	for up in echo sink source; do ADDR[ws_to_tcp/$up]=ws://127.0.0.1:$port/$up; done
+}
+
+start_relay() {
+	"$BIN/relay" -listen 127.0.0.1:0 -to "${UP[echo]}" -to "${UP[sink]}" -to "${UP[source]}" \
+		>"$TMP/relay.out" 2>>"$TMP/relay.err" &
+	PID[relay]=$!
+	local a
+	read -r -a a <<<"$(first_line "$TMP/relay.out")"
+	ADDR[relay/echo]=tcp://${a[0]} ADDR[relay/sink]=tcp://${a[1]} ADDR[relay/source]=tcp://${a[2]}
+}
+
+# websockify has one target per process: one process per upstream.
+start_websockify_one() {
+	local up=$1 port
+	port=$("$LOAD" freeport)
+	websockify "127.0.0.1:$port" "${UP[$up]}" >>"$TMP/websockify_$up.log" 2>&1 &
+	PID[websockify_$up]=$!
+	"$LOAD" waitport -addr "127.0.0.1:$port"
+	ADDR[websockify/$up]=ws://127.0.0.1:$port/
+}
+
+start_websockify() {
+	local up
+	for up in echo sink source; do start_websockify_one "$up"; done
+}
+
+# stop_proc NAME: stop one started process (and its children), wait for it.
+stop_proc() {
+	local name=$1 pid=${PID[$1]:-}
+	[[ -z $pid ]] && return 0
+	kill_tree "$pid"
+	wait "$pid" 2>/dev/null || true
+	unset "PID[$name]"
+}
+
+# record_rss PROXY REP: the peak RSS (VmHWM) of the proxy's current process,
+# recorded under the phase it has run.
+record_rss() {
+	local proxy=$1 rep=$2 pid=${PID[$1]:-} kb
+	[[ -z $pid || ! -r /proc/$pid/status ]] && return 0
+	kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+	[[ -z $kb ]] && return 0
+	printf '{"label":"rss_%s","proxy":"%s","rep":%s,"peak_rss_mb":%s}\n' \
+		"${PHASE[$proxy]:-throughput}" "$proxy" "$rep" "$(awk -v k="$kb" 'BEGIN {printf "%.1f", k/1024}')" >>"$RESULTS"
+}
+
+# restart PROXY REP [PHASE]: a fresh process (websockify: only for the echo
+# upstream when PHASE is given, the idle scenarios use only that one).
+restart() {
+	local proxy=$1 rep=$2 phase=${3:-throughput}
+	case $proxy in
+	websockify)
+		if [[ -n ${3:-} ]]; then
+			stop_proc websockify_echo
+			start_websockify_one echo
+		else
+			stop_proc websockify_echo
+			stop_proc websockify_sink
+			stop_proc websockify_source
+			start_websockify
+		fi
+		;;
+	*)
+		if [[ -n ${PID[$proxy]:-} ]]; then
+			record_rss "$proxy" "$rep"
+			stop_proc "$proxy"
+		fi
+		"start_$proxy"
+		;;
+	esac
+	PHASE[$proxy]=$phase
+	sleep 0.5 # let the new process settle before measuring it
+}
+
+# pids_of PROXY UPSTREAM: the root PIDs whose CPU/memory count.
+pids_of() {
+	case $1 in
+	websockify) echo "${PID[websockify_$2]}" ;;
+	*) echo "${PID[$1]}" ;;
+	esac
+}
+
+# ---- scenarios --------------------------------------------------------------
+
+# label | upstream | load arguments
+SCENARIOS=(
+	"upload_64k|sink|-scenario upload -size $SIZE -msg 64KiB"
+	"upload_1k|sink|-scenario upload -size $SIZE -msg 1KiB"
+	"download|source|-scenario download -size $SIZE"
+	"echo_8|echo|-scenario echo -conns 8 -total $SIZE -msg 32KiB"
+	"echo_64|echo|-scenario echo -conns 64 -total $SIZE -msg 32KiB"
+	"rtt_1|echo|-scenario rtt -conns 1 -msg 64 -count $RTT_COUNT"
+	"rtt_16|echo|-scenario rtt -conns 16 -msg 1024 -duration $DURATION"
+	"connrate|echo|-scenario connrate -workers 16 -duration $DURATION"
+)
+
+# run_load REP LABEL PROXY UPSTREAM ARGS...: one run, one result line.
+run_load() {
+	local rep=$1 label=$2 proxy=$3 up=$4 out line rc=0
+	shift 4
+	out=$TMP/load.out
+	# shellcheck disable=SC2068
+	"$LOAD" run -target "${ADDR[$proxy/$up]}" -label "$label" -proxy "$proxy" -rep "$rep" \
+		-pids "$(pids_of "$proxy" "$up")" -clk-tck "$CLK_TCK" -timeout "$LOAD_TIMEOUT" $@ \
+		>"$out" 2>>"$TMP/load.err" </dev/null &
+	LOADPID=$!
+	wait "$LOADPID" || rc=$?
+	LOADPID=
+	line=$(tail -n1 "$out")
+	if [[ $line != "{"* ]]; then
+		line=$(printf '{"label":"%s","proxy":"%s","rep":%s,"error":"load exited with status %s and no result"}' \
+			"$label" "$proxy" "$rep" "$rc")
+	fi
+	echo "$line" >>"$RESULTS"
+	log "rep $rep $label $proxy: ${line:0:240}"
+}
+
+# ---- the run ------------------------------------------------------------------
+
+T_START=$(date +%s)
+log "REPS=$REPS SIZE=$SIZE DURATION=$DURATION IDLE_CONNS='$IDLE_CONNS' proxies: ${PROXIES[*]}"
+for ((rep = 1; rep <= REPS; rep++)); do
+	# Alternate the order of the proxies so that drift and warm-up hit all alike.
+	order=("${PROXIES[@]}")
+	if ((rep % 2 == 0)); then
+		order=()
+		for ((i = ${#PROXIES[@]} - 1; i >= 0; i--)); do order+=("${PROXIES[i]}"); done
+	fi
+	# Each repetition starts from fresh proxy processes.
+	for proxy in "${PROXIES[@]}"; do restart "$proxy" "$((rep - 1))"; done
+	for sc in "${SCENARIOS[@]}"; do
+		IFS='|' read -r label up args <<<"$sc"
+		for proxy in "${order[@]}"; do
+			# shellcheck disable=SC2086
+			run_load "$rep" "$label" "$proxy" "$up" $args
+		done
+	done
+	# Idle memory: each measured on a freshly started proxy process.
+	for n in $IDLE_CONNS; do
+		for proxy in "${order[@]}"; do
+			if [[ $proxy == websockify ]] && ((n > WSFY_IDLE_MAX)); then
+				printf '{"label":"idle_%s","proxy":"websockify","rep":%s,"skipped":true}\n' "$n" "$rep" >>"$RESULTS"
+				continue
+			fi
+			restart "$proxy" "$rep" "idle_$n"
+			run_load "$rep" "idle_$n" "$proxy" echo -scenario idle -conns "$n" -hold "$HOLD" -concurrency 64
+		done
+	done
+done
+for proxy in "${PROXIES[@]}"; do
+	[[ $proxy == websockify ]] || record_rss "$proxy" "$REPS"
+done
+ELAPSED=$(($(date +%s) - T_START))
+
+# ---- report -------------------------------------------------------------------
+
+mkdir -p "$ROOT/bench/results"
+cp "$RESULTS" "$ROOT/bench/results/latest.jsonl"
+{
+	echo "# ws_to_tcp benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo
+	echo "- machine: $NPROC CPUs, $CPU_MODEL, $KERNEL, $(go version | cut -d' ' -f3-)"
+	echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' + uncommitted changes')"
+	if [[ -n ${CADDY_BIN:-} ]]; then
+		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
+	fi
+	echo "- REPS=$REPS, SIZE=$SIZE, DURATION=$DURATION, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD; run took ${ELAPSED}s"
+	if [[ $WEBSOCKIFY == 1 ]]; then
+		echo "- websockify $WSFY_VERSION, one process per upstream; idle runs only up to $WSFY_IDLE_MAX conns" \
+			"(it forks a process per connection and its select() fails past ~500 connections)"
+	else
+		echo "- websockify: not installed (column n/a)"
+	fi
+	echo
+	"$LOAD" report -in "$RESULTS"
+} | tee "$ROOT/bench/results/latest.md"
+log "results: bench/results/latest.md, raw: bench/results/latest.jsonl (${ELAPSED}s)"
