@@ -66,8 +66,18 @@ func startCaddy(t testing.TB, sites string) *testServer {
 			t.Logf("Caddy's log (tail):\n%s", b)
 		}
 	})
-	s.load(sites)
-	return s
+	// The free port may be taken by another process before Caddy binds it:
+	// then pick others.
+	for attempt := 0; ; attempt++ {
+		err := s.tryLoad(sites)
+		if err == nil {
+			return s
+		}
+		if attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("loading config: %v", err)
+		}
+		s.httpPort, s.adminPort = freePort(t), freePort(t)
+	}
 }
 
 // load (re)loads the configuration, as `caddy reload` does.
@@ -125,7 +135,7 @@ func (s *testServer) dial(path string, hdr http.Header) *websocket.Conn {
 }
 
 func (s *testServer) tryDial(path string, hdr http.Header) (*websocket.Conn, *http.Response, error) {
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+	d := websocket.Dialer{HandshakeTimeout: ioTimeout, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
 	return d.Dial(s.wsURL(path), hdr)
 }
 

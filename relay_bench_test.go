@@ -198,3 +198,34 @@ func countPayload(c net.Conn, total int64) error {
 	}
 	return nil
 }
+
+// BenchmarkPumpRoundTrip: one 64-byte message to an echo upstream and back,
+// one at a time (latency, not throughput).
+func BenchmarkPumpRoundTrip(b *testing.B) {
+	for _, kind := range []string{"ws_to_tcp", "plain_relay"} {
+		b.Run(kind, func(b *testing.B) {
+			var client, upstream net.Conn
+			msg := make([]byte, 64)
+			reply := 64
+			if kind == "plain_relay" {
+				client, upstream = benchPlainRelay(b)
+			} else {
+				client, upstream = benchTunnel(b)
+				msg = maskedFrame(0x82, msg)
+				reply = 2 + 64
+			}
+			go io.Copy(upstream, upstream)
+			buf := make([]byte, reply)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := client.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(client, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

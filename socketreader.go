@@ -23,8 +23,9 @@ type socketReader struct {
 	// allocations.
 	bp     *[]byte
 	off    int
-	end    int // 0: to the end of the buffer
-	lent   bool
+	end    int  // 0: to the end of the buffer
+	lent   bool // bp may go back to the pool if the read must wait
+
 	n      int
 	errno  error
 	readFn func(fd uintptr) bool
@@ -54,7 +55,7 @@ func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
 		if s.errno == syscall.EAGAIN {
 			if s.lent {
 				s.pool.Put(s.bp)
-				s.bp, s.lent = nil, false
+				s.bp = nil
 			}
 			return false // wait until readable, then try again
 		}
@@ -63,11 +64,14 @@ func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
 	return s
 }
 
-// read reads into (*bp)[off:end], or (*bp)[off:] when end is 0; with bp
-// nil it lends a buffer from the pool once data is there. It returns the
-// buffer read into: on an error with nothing read, a lent buffer has gone
-// back to the pool and bp is nil.
-func (s *socketReader) read(bp *[]byte, off, end int) (*[]byte, int, error) {
+// read reads into (*bp)[off:end], or (*bp)[off:] when end is 0. With
+// lend, bp holds nothing the caller needs: if the read must wait, bp goes
+// back to the pool first (bp may also be nil), and a buffer is lent again
+// once data is there. A busy connection thus keeps one buffer, warm in the
+// cache, and an idle one holds none. read returns the buffer read into: on
+// an error with nothing read, a lent buffer has gone back to the pool and
+// the result is nil.
+func (s *socketReader) read(bp *[]byte, off, end int, lend bool) (*[]byte, int, error) {
 	if s.rc == nil {
 		if bp == nil {
 			bp = s.pool.Get().(*[]byte)
@@ -79,7 +83,7 @@ func (s *socketReader) read(bp *[]byte, off, end int) (*[]byte, int, error) {
 		n, err := s.conn.Read(p)
 		return bp, n, err
 	}
-	s.bp, s.off, s.end, s.lent, s.n, s.errno = bp, off, end, false, 0, nil
+	s.bp, s.off, s.end, s.lent, s.n, s.errno = bp, off, end, lend, 0, nil
 	err := s.rc.Read(s.readFn)
 	bp, n, lent := s.bp, s.n, s.lent
 	s.bp = nil
@@ -91,7 +95,7 @@ func (s *socketReader) read(bp *[]byte, off, end int) (*[]byte, int, error) {
 	}
 	if err != nil {
 		n = 0
-		if lent {
+		if lent && bp != nil {
 			s.pool.Put(bp)
 			bp = nil
 		}

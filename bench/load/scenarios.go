@@ -199,7 +199,7 @@ func runUpload(ctx context.Context, o *runOpts) (map[string]any, error) {
 func runDownload(ctx context.Context, o *runOpts) (map[string]any, error) {
 	n := int64(o.size)
 	pat := patternOnce()
-	c, err := dial(ctx, o.t, 64<<10)
+	c, err := dial(ctx, o.t, 256<<10) // the size of the TCP client's reads below
 	if err != nil {
 		return nil, err
 	}
