@@ -498,7 +498,7 @@ func runConnRate(ctx context.Context, o *runOpts) (map[string]any, error) {
 					if !bytes.Equal(got, payload) {
 						return errors.New("integrity: wrong echo")
 					}
-					if c.ws != nil {
+					if c.ws {
 						return c.finish(5*time.Second, true)
 					}
 					return nil
