@@ -2,6 +2,7 @@ package wstotcp
 
 import (
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/dustin/go-humanize"
@@ -43,6 +44,27 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			write <rate>
 //			burst <size>
 //		}
+//		channel <template>
+//		origins <pattern...>
+//		auth {
+//			basic {
+//				<user> <bcrypt hash>
+//			}
+//			bearer <token...>
+//			jwt {
+//				secret <key> | public_key <pem file> | jwks_file <file>
+//				issuer <iss>
+//				audience <aud>
+//				leeway <duration>
+//			}
+//			realm <realm>
+//			token_query <name>|off
+//			token_cookie <name>|off
+//		}
+//		max_connections <n>
+//		max_connections_per_ip <n>
+//		max_connections_per_user <n>
+//		test_page
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name; httpcaddyfile removed the matcher
@@ -87,6 +109,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.HeartbeatText = args[1]
 		case "throttle":
 			err = h.parseThrottle(d)
+		case "channel":
+			if !d.AllArgs(&h.Channel) {
+				return d.Errf("channel: expected one template, e.g. {http.request.uri.query.room}")
+			}
+			if h.Channel == "" {
+				return d.Errf("channel: the template must not be empty")
+			}
 		case "upstream_tls":
 			err = h.parseUpstreamTLS(d)
 		case "subprotocols":
@@ -124,6 +153,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("validate_utf8: takes no arguments")
 			}
 			h.ValidateUTF8 = true
+		case "origins":
+			err = h.parseOrigins(d)
+		case "auth":
+			err = h.parseAuth(d)
+		case "max_connections":
+			err = parseCount(d, &h.MaxConnections)
+		case "max_connections_per_ip":
+			err = parseCount(d, &h.MaxConnectionsPerIP)
+		case "max_connections_per_user":
+			err = parseCount(d, &h.MaxConnectionsPerUser)
+		case "test_page":
+			if d.NextArg() {
+				return d.Errf("test_page: takes no arguments")
+			}
+			h.TestPage = true
 		default:
 			return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
 		}
@@ -265,6 +309,157 @@ func parseSize(d *caddyfile.Dispenser) (int64, error) {
 		return 0, d.Errf("%s: size %q is too large", sub, s)
 	}
 	return int64(n), nil
+}
+
+// parseOrigins reads `origins <pattern...>`, checking the patterns here so
+// that an error names the line.
+func (h *Handler) parseOrigins(d *caddyfile.Dispenser) error {
+	h.Origins = d.RemainingArgs()
+	if len(h.Origins) == 0 {
+		return d.Errf("origins: at least one pattern is required")
+	}
+	if _, err := compileOrigins(h.Origins); err != nil {
+		return d.Errf("origins: %v", err)
+	}
+	return nil
+}
+
+// parseAuth reads the `auth` block.
+func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.Errf("auth: takes a block, not arguments")
+	}
+	a := new(Auth)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] && sub != "bearer" {
+			return d.Errf("auth: %s: already specified", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "basic":
+			if d.NextArg() {
+				return d.Errf("auth: basic: takes a block of <user> <bcrypt hash> lines")
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				user := d.Val()
+				var hash string
+				if !d.AllArgs(&hash) {
+					return d.Errf("auth: basic: expected <user> <bcrypt hash>")
+				}
+				if !isBcryptHash(hash) && !strings.Contains(hash, "{") {
+					return d.Errf("auth: basic: user %q: the password must be a bcrypt hash "+
+						"($2a$, $2b$ or $2y$, as `caddy hash-password` prints it), not plain text", user)
+				}
+				a.Basic = append(a.Basic, BasicAccount{Username: user, Password: hash})
+			}
+			if len(a.Basic) == 0 {
+				return d.Errf("auth: basic: at least one <user> <bcrypt hash> line is required")
+			}
+		case "bearer":
+			toks := d.RemainingArgs()
+			if len(toks) == 0 {
+				return d.Errf("auth: bearer: at least one token is required")
+			}
+			a.Bearer = append(a.Bearer, toks...)
+		case "jwt":
+			if err := parseJWT(d, a); err != nil {
+				return err
+			}
+		case "realm":
+			if !d.AllArgs(&a.Realm) || a.Realm == "" {
+				return d.Errf("auth: realm: expected one name")
+			}
+		case "token_query":
+			if !d.AllArgs(&a.TokenQuery) || a.TokenQuery == "" {
+				return d.Errf("auth: token_query: expected a parameter name, or off")
+			}
+		case "token_cookie":
+			if !d.AllArgs(&a.TokenCookie) || a.TokenCookie == "" {
+				return d.Errf("auth: token_cookie: expected a cookie name, or off")
+			}
+		default:
+			return d.Errf("auth: unrecognized subdirective %q", sub)
+		}
+	}
+	if len(a.Basic) == 0 && len(a.Bearer) == 0 && a.JWT == nil {
+		return d.Errf("auth: configure basic, bearer or jwt")
+	}
+	h.Auth = a
+	return nil
+}
+
+// parseJWT reads the `jwt` block of `auth`.
+func parseJWT(d *caddyfile.Dispenser, a *Auth) error {
+	if d.NextArg() {
+		return d.Errf("auth: jwt: takes a block, not arguments")
+	}
+	j := new(JWTAuth)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("auth: jwt: %s: already specified", sub)
+		}
+		seen[sub] = true
+		var dst *string
+		switch sub {
+		case "secret":
+			dst = &j.Secret
+		case "public_key":
+			dst = &j.PublicKey
+		case "jwks_file":
+			dst = &j.JWKSFile
+		case "issuer":
+			dst = &j.Issuer
+		case "audience":
+			dst = &j.Audience
+		case "leeway":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.Errf("auth: jwt: leeway: expected one duration")
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur < 0 {
+				return d.Errf("auth: jwt: leeway: invalid duration %q", s)
+			}
+			j.Leeway = caddy.Duration(dur)
+			continue
+		default:
+			return d.Errf("auth: jwt: unrecognized subdirective %q", sub)
+		}
+		if !d.AllArgs(dst) || *dst == "" {
+			return d.Errf("auth: jwt: %s: expected one value", sub)
+		}
+	}
+	n := 0
+	for _, s := range []string{j.Secret, j.PublicKey, j.JWKSFile} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return d.Errf("auth: jwt: configure exactly one of secret, public_key and jwks_file")
+	}
+	a.JWT = j
+	return nil
+}
+
+// parseCount reads the one positive integer argument of the current
+// subdirective.
+func parseCount(d *caddyfile.Dispenser, dst *int) error {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.Errf("%s: expected one number", sub)
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%s: %q is not a positive whole number", sub, s)
+	}
+	*dst = n
+	return nil
 }
 
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -29,20 +29,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			errors.New("WebSocket over HTTP/2 or HTTP/3 (extended CONNECT) is not supported; use HTTP/1.1"))
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
+		if h.TestPage && r.Method == http.MethodGet {
+			return serveTestPage(w, r)
+		}
 		return next.ServeHTTP(w, r)
 	}
-	if err := checkHandshake(r); err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, err)
-	}
-	if !originAllowed(r) {
-		return caddyhttp.Error(http.StatusForbidden, fmt.Errorf("origin %q not allowed", r.Header.Get("Origin")))
-	}
-	subprotocol, err := h.negotiate(websocket.Subprotocols(r))
+	adm, err := h.admit(w, r)
 	if err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, err)
+		return err
 	}
+	// The limit slots are the tunnel's once it starts; until then, any
+	// way out gives them back.
+	defer func() {
+		if adm.release != nil {
+			adm.release()
+		}
+	}()
+	subprotocol := adm.subprotocol
 
 	u := h.Upstreams[0]
+	dialStart := time.Now()
 	up, err := u.dial(r.Context(), time.Duration(h.DialTimeout), h.upstreamTLS)
 	if err != nil {
 		status := http.StatusBadGateway
@@ -51,6 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return caddyhttp.Error(status, fmt.Errorf("dialing upstream %s: %w", u.Dial, err))
 	}
+	observeDial(time.Since(dialStart))
 
 	t := newTunnel(h, up, u.Dial, subprotocol, clientIP(r))
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -61,6 +68,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if user, ok := repl.GetString("http.auth.user.id"); ok {
 			t.user = user
 		}
+		t.channel = h.expandChannel(repl)
 	}
 
 	var respHeader http.Header
@@ -74,6 +82,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
 		return nil
 	}
+	t.release, adm.release = adm.release, nil
 	t.start(ws.UnderlyingConn())
 	return nil // the connection is hijacked: there is no response to write
 }
@@ -93,11 +102,116 @@ func checkHandshake(r *http.Request) error {
 	return nil
 }
 
-// negotiate picks the subprotocol to echo (SPEC §4). With a configured
-// list, the server's order wins and an offer of none of them is refused;
-// without one, the client's first offer is echoed, because browsers fail a
-// handshake that echoes none of their offers.
-func (h *Handler) negotiate(offered []string) (string, error) {
+// admission is what a handshake that passed admission carries to the dial.
+type admission struct {
+	subprotocol string // to echo; "" for none
+	user        string // "" when anonymous
+	release     func() // gives back the connection-limit slots; idempotent
+}
+
+// admit runs the checks of SPEC §2 step 2, in this order: connection
+// limits (503 with Retry-After), Origin (403), authentication (401 with
+// WWW-Authenticate), the per-user limit (503; it needs the user, so it
+// comes after authentication), subprotocol (400). Before any of them it
+// takes the credentials out of the request: the bearer.<token>
+// subprotocol entry, and the query token when that carrier is on, so that
+// later handlers and this module's log lines never see them. A refusal
+// holds no slot; an admission holds them until release.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (admission, error) {
+	creds := extractCredentials(r, h.auth)
+	if err := checkHandshake(r); err != nil {
+		return admission{}, h.rejected(r, rejectHandshake, http.StatusBadRequest, err)
+	}
+
+	release, err := h.limits.acquire(clientIP(r))
+	if err != nil {
+		w.Header().Set("Retry-After", retryAfter)
+		return admission{}, h.rejected(r, rejectLimit, http.StatusServiceUnavailable, err)
+	}
+	admitted := false
+	defer func() {
+		if !admitted {
+			release()
+		}
+	}()
+
+	if !h.origins.allowed(r) {
+		return admission{}, h.rejected(r, rejectOrigin, http.StatusForbidden,
+			fmt.Errorf("origin %q not allowed", truncate(r.Header.Get("Origin"), 200)))
+	}
+
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var user string
+	if repl != nil {
+		// set by basic_auth, forward_auth (see the README) or another
+		// authentication handler earlier in the route
+		user, _ = repl.GetString("http.auth.user.id")
+	}
+	if user == "" && h.auth != nil {
+		u, ok := h.auth.authenticate(creds)
+		if !ok {
+			h.auth.challenge(w.Header(), creds)
+			msg := "authentication required"
+			if creds.basic || len(creds.tokens) > 0 {
+				msg = "invalid credentials"
+			}
+			return admission{}, h.rejected(r, rejectAuth, http.StatusUnauthorized, errors.New(msg))
+		}
+		user = u
+		if repl != nil && user != "" {
+			repl.Set("http.auth.user.id", user)
+		}
+	}
+
+	releaseUser, err := h.limits.acquireUser(user)
+	if err != nil {
+		w.Header().Set("Retry-After", retryAfter)
+		return admission{}, h.rejected(r, rejectLimit, http.StatusServiceUnavailable, err)
+	}
+	defer func() {
+		if !admitted {
+			releaseUser()
+		}
+	}()
+
+	subprotocol, err := h.negotiate(creds.offers, creds.fromProtocol)
+	if err != nil {
+		return admission{}, h.rejected(r, rejectSubprotocol, http.StatusBadRequest, err)
+	}
+
+	admitted = true
+	return admission{
+		subprotocol: subprotocol,
+		user:        user,
+		release:     func() { releaseUser(); release() },
+	}, nil
+}
+
+// retryAfter is the Retry-After of a 503 for a connection limit, in
+// seconds.
+const retryAfter = "1"
+
+// truncate shortens a client-supplied string for an error message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// negotiate picks the subprotocol to echo (SPEC §4) among the offered
+// ones, bearer.<token> entries already removed (withToken tells there was
+// one). With a configured list, the server's order wins and an offer of
+// none of them is refused; without one, the client's first offer is
+// echoed, because browsers fail a handshake that echoes none of their
+// offers. For the same reason a client that offered only a token entry,
+// which is never echoed, is refused.
+func (h *Handler) negotiate(offered []string, withToken bool) (string, error) {
+	if len(offered) == 0 && withToken {
+		return "", errors.New("a second subprotocol must be offered besides the bearer.<token> entry, " +
+			"which is never echoed (browsers fail a handshake that echoes none of their offers): " +
+			`e.g. new WebSocket(url, ["binary", "bearer." + token])`)
+	}
 	if len(h.Subprotocols) == 0 {
 		if len(offered) > 0 {
 			return offered[0], nil
@@ -165,8 +279,22 @@ func isToken(s string) bool {
 // http.ResponseController unwraps them.
 type hijackShim struct{ http.ResponseWriter }
 
+// Hijack hijacks the innermost ResponseWriter's connection. Caddy's
+// response recorder (there when the site has an access log) would wrap the
+// connection to count its bytes for the access log; the relay's two pumps
+// would then update those counters concurrently, and after ServeHTTP
+// returned, while the access log line reads them: a data race. The tunnel
+// counts its bytes itself. No other wrapper implements Hijack.
 func (s hijackShim) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(s.ResponseWriter).Hijack()
+	w := s.ResponseWriter
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
+	return http.NewResponseController(w).Hijack()
 }
 
 func (s hijackShim) Unwrap() http.ResponseWriter { return s.ResponseWriter }

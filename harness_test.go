@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,7 +138,16 @@ func (s *testServer) dial(path string, hdr http.Header) *websocket.Conn {
 
 func (s *testServer) tryDial(path string, hdr http.Header) (*websocket.Conn, *http.Response, error) {
 	d := websocket.Dialer{HandshakeTimeout: ioTimeout, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
-	return d.Dial(s.wsURL(path), hdr)
+	for attempt := 0; ; attempt++ {
+		c, resp, err := d.Dial(s.wsURL(path), hdr)
+		// Right after a reload, a connection the old server accepted while
+		// it shut down is reset by it (Caddy shares the listener between
+		// the two): that is not the handler's doing, so try again.
+		if err != nil && resp == nil && attempt < 3 && errors.Is(err, syscall.ECONNRESET) {
+			continue
+		}
+		return c, resp, err
+	}
 }
 
 // upstream is a TCP (or Unix) server on a run-time address whose

@@ -17,11 +17,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(adminAPI{})
 	httpcaddyfile.RegisterHandlerDirective("ws_to_tcp", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("ws_to_tcp", httpcaddyfile.Before, "reverse_proxy")
 }
@@ -49,6 +51,7 @@ const (
 // | `{http.ws_to_tcp.conn_id}` | the tunnel's id, as the admin API and logs show it |
 // | `{http.ws_to_tcp.upstream}` | the upstream address dialled |
 // | `{http.ws_to_tcp.subprotocol}` | the subprotocol echoed to the client, if any |
+// | `{http.auth.user.id}` | the user, when the `auth` block authenticated the request |
 type Handler struct {
 	// The upstreams to relay to. Each `dial` address is `host:port`,
 	// `tcp/host:port`, `unix//path/to.sock` or `tls/host:port` (TLS to the
@@ -125,12 +128,68 @@ type Handler struct {
 	// Bandwidth caps per tunnel. Default: none.
 	Throttle *Throttle `json:"throttle,omitempty"`
 
+	// A label for each connection, a template expanded with the request's
+	// placeholders (e.g. `{http.request.uri.query.room}`; unknown ones
+	// become empty), at most 256 bytes. It shows in the admin API, where it
+	// selects connections (`?channel=`), in the log line and in events.
+	// Default: empty.
+	Channel string `json:"channel,omitempty"`
+
+	// Allowed values of the Origin header, in addition to the default
+	// rule, which admits requests without an Origin (clients that are not
+	// browsers) and from the same origin as the request's Host. Patterns
+	// are `scheme://host[:port]`; a `*` in the host stands for one or more
+	// characters other than a dot (one label: `https://*.example.com`), a
+	// `*` port for any port (`http://127.0.0.1:*`); `null` matches the
+	// Origin `null`. `*` alone allows every origin, and logs a warning at
+	// load. A request from another origin gets 403 before anything is
+	// dialled. Default: the default rule only.
+	Origins []string `json:"origins,omitempty"`
+
+	// Authentication by the handler itself: basic, static bearer tokens and
+	// JWTs, carried by the Authorization header, a query parameter, a
+	// cookie or a `bearer.<token>` subprotocol entry. Not needed when
+	// Caddy's basic_auth or forward_auth earlier in the route sets
+	// `{http.auth.user.id}`, which counts as authenticated. On success
+	// `{http.auth.user.id}` is set to the user. Default: none, every
+	// client that passes the origin check is admitted.
+	Auth *Auth `json:"auth,omitempty"`
+
+	// The most connections this handler holds at once: tunnels open plus
+	// handshakes being admitted. Over it: 503 with `Retry-After: 1`,
+	// before anything is dialled. Counted per handler instance, so after a
+	// config reload the tunnels of the old configuration are not counted.
+	// Default: 0, no limit.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// The most connections from one client IP address (Caddy's client IP,
+	// which honours the server's `trusted_proxies`), counted like
+	// max_connections. Default: 0, no limit.
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+
+	// The most connections of one user (`{http.auth.user.id}`), checked
+	// after authentication. Connections without a user are not counted.
+	// Default: 0, no limit.
+	MaxConnectionsPerUser int `json:"max_connections_per_user,omitempty"`
+
+	// Serve the built-in test page on every GET that is not a WebSocket
+	// upgrade and reaches this handler (so such requests no longer fall
+	// through to the next handler; use a matcher to put the page on one
+	// path). The page, embedded with no external assets, connects to its
+	// own URL and sends text or hex, showing what comes back as text and
+	// hex, and the close code and reason. Default: off.
+	TestPage bool `json:"test_page,omitempty"`
+
 	ctx         caddy.Context
 	logger      *zap.Logger
+	events      *caddyevents.App // nil without an events app
 	upgrader    websocket.Upgrader
 	bufPool     *sync.Pool // *[]byte of headroom+BufferSize, lent to the pumps
 	b64Pool     *sync.Pool // *[]byte for base64-encoded messages
 	upstreamTLS *tls.Config
+	origins     *originPolicy  // nil: the default rule
+	auth        *authenticator // nil without an auth block
+	limits      *connLimits    // nil without limits
 	// heartbeatFrame is HeartbeatText framed once at provision.
 	heartbeatFrame []byte
 }
@@ -162,9 +221,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.HeartbeatTimeout = h.HeartbeatInterval
 	}
 	if h.HeartbeatText != "" {
-		f := make([]byte, maxHeader+len(h.HeartbeatText))
-		copy(f[maxHeader:], h.HeartbeatText)
-		h.heartbeatFrame = f[putHeader(f, maxHeader, opText, len(h.HeartbeatText)):]
+		h.heartbeatFrame = prepareFrame(opText, []byte(h.HeartbeatText))
 	}
 
 	for i, u := range h.Upstreams {
@@ -195,6 +252,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		// frames itself. The smallest buffers keep the handshake cheap.
 		ReadBufferSize:  1,
 		WriteBufferPool: unusedPool{},
+	}
+	if err := h.provisionAdmission(); err != nil {
+		return err
+	}
+	if err := h.provisionOps(ctx); err != nil {
+		return err
 	}
 	return nil
 }
@@ -232,6 +295,9 @@ func (h *Handler) Validate() error {
 		if !isToken(p) {
 			return fmt.Errorf("subprotocols: %q is not a valid protocol name", p)
 		}
+	}
+	if err := h.validateAdmission(); err != nil {
+		return err
 	}
 	return nil
 }

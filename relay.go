@@ -597,21 +597,6 @@ func (t *tunnel) refreshWriteDeadline() {
 	}
 }
 
-// writeRaw writes a whole frame built beforehand (a text heartbeat).
-func (t *tunnel) writeRaw(frame []byte) error {
-	t.writeLock <- struct{}{}
-	defer t.unlockWrite()
-	if t.closeSent || t.writeBroke {
-		return errCloseSent
-	}
-	t.refreshWriteDeadline()
-	if _, err := t.client.Write(frame); err != nil {
-		t.writeBroke = true
-		return err
-	}
-	return nil
-}
-
 var errWriteLockTimeout = errors.New("timed out waiting to write to the client")
 
 // sendClose sends a Close frame, once. A client that has not accepted the

@@ -21,10 +21,10 @@ type socketReader struct {
 
 	// The state of one read, shared with readFn to keep the read free of
 	// allocations.
-	bp     *[]byte
-	off    int
-	end    int  // 0: to the end of the buffer
-	lent   bool // bp may go back to the pool if the read must wait
+	bp   *[]byte
+	off  int
+	end  int  // 0: to the end of the buffer
+	lent bool // bp may go back to the pool if the read must wait
 
 	n      int
 	errno  error

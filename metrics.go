@@ -1,0 +1,187 @@
+package wstotcp
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Metrics, on Caddy's registry (served by the admin endpoint's /metrics and
+// by the `metrics` handler). Every config load has a new registry, so the
+// collectors are package-level and registered into each: a tunnel opened
+// before a reload is counted by the same collectors after it, and nothing
+// is reset or counted twice. Labels take bounded values only: never a
+// client address, user or connection id.
+//
+// Bytes and messages are not counted on the relay's hot path: the tunnels
+// count them in their own atomics already (for logs and the admin API), and
+// a collector adds those of the open tunnels, at scrape time, to the totals
+// of the ended ones.
+var (
+	connectionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "connections_total",
+		Help: "WebSocket-to-TCP tunnels ended, by outcome: client (the client closed), upstream (the upstream closed), " +
+			"server (closed by Caddy: admin, reload, stop, heartbeat or idle timeout), error (protocol error, invalid data, " +
+			"message too big, upstream failure, client vanished or too slow, internal error).",
+	}, []string{"outcome"})
+
+	dialSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "upstream_dial_seconds",
+		Help:    "Time taken by successful upstream dials (TCP connect, and the TLS handshake for tls/ upstreams).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+
+	upstreamHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "upstream_healthy",
+		Help: "1 when the configured upstream is considered healthy, 0 when it is down.",
+	}, []string{"upstream"})
+
+	rejectionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "rejections_total",
+		Help: "WebSocket handshakes refused before the upgrade, by reason.",
+	}, []string{"reason"})
+
+	live = liveCollector{
+		active: prometheus.NewDesc("caddy_ws_to_tcp_connections_active",
+			"WebSocket-to-TCP tunnels open now, including those of unloaded configurations.", nil, nil),
+		bytes: prometheus.NewDesc("caddy_ws_to_tcp_bytes_total",
+			"Bytes relayed: in = client to upstream, out = upstream to client (before base64 encoding).",
+			[]string{"direction"}, nil),
+		messages: prometheus.NewDesc("caddy_ws_to_tcp_messages_total",
+			"WebSocket data messages relayed: in = from the client, out = to the client.",
+			[]string{"direction"}, nil),
+	}
+
+	collectors = []prometheus.Collector{connectionsTotal, dialSeconds, upstreamHealthy, rejectionsTotal, live}
+)
+
+// Outcomes of connectionsTotal.
+const (
+	outcomeError = "error"
+	outcomeOther = "other"
+)
+
+func init() {
+	// The outcomes show from the start, at 0.
+	for _, o := range []string{byClient, byUpstream, byServer, outcomeError} {
+		connectionsTotal.WithLabelValues(o)
+	}
+}
+
+// outcome classifies how a tunnel ended, for connectionsTotal: an error
+// close code whoever sent it, else who closed.
+func outcome(code int, closedBy string) string {
+	switch code {
+	case closeProtocolError, closeAbnormal, closeInvalidPayload, closeMessageTooBig, closeInternalError, closeBadGateway:
+		return outcomeError
+	}
+	switch closedBy {
+	case byClient, byUpstream, byServer:
+		return closedBy
+	}
+	return outcomeOther
+}
+
+// observeDial records the duration of a successful upstream dial.
+func observeDial(d time.Duration) { dialSeconds.Observe(d.Seconds()) }
+
+// liveCollector reports what the tunnel registry knows: open tunnels, and
+// bytes and messages of ended and open tunnels together.
+type liveCollector struct {
+	active, bytes, messages *prometheus.Desc
+}
+
+func (c liveCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.active
+	ch <- c.bytes
+	ch <- c.messages
+}
+
+func (c liveCollector) Collect(ch chan<- prometheus.Metric) {
+	tunnels.Lock()
+	n := len(tunnels.m)
+	sum := tunnels.ended
+	for _, t := range tunnels.m {
+		sum.add(t)
+	}
+	tunnels.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.bytesIn), "in")
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.bytesOut), "out")
+	ch <- prometheus.MustNewConstMetric(c.messages, prometheus.CounterValue, float64(sum.msgsIn), "in")
+	ch <- prometheus.MustNewConstMetric(c.messages, prometheus.CounterValue, float64(sum.msgsOut), "out")
+}
+
+// provisionMetrics registers the collectors on this configuration's
+// registry (a second handler of the same configuration finds them there
+// already) and marks the handler's upstreams as configured until the
+// configuration is unloaded.
+func (h *Handler) provisionMetrics(ctx caddy.Context) error {
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		for _, c := range collectors {
+			var already prometheus.AlreadyRegisteredError
+			if err := reg.Register(c); err != nil && !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	dials := make([]string, 0, len(h.Upstreams))
+	for _, u := range h.Upstreams {
+		dials = append(dials, u.Dial)
+	}
+	acquireUpstreams(dials)
+	// Provisioned modules' contexts do not run OnCancel functions; the
+	// context's Done does close when the configuration is unloaded, and
+	// when its provisioning fails.
+	context.AfterFunc(ctx, func() { releaseUpstreams(dials) })
+	return nil
+}
+
+// configured counts, per upstream address, the loaded handlers that have
+// it. A reload provisions the new configuration before it unloads the old
+// one, so an upstream kept across a reload never drops to 0.
+var configured = struct {
+	sync.Mutex
+	m map[string]int
+}{m: make(map[string]int)}
+
+func acquireUpstreams(dials []string) {
+	configured.Lock()
+	defer configured.Unlock()
+	for _, d := range dials {
+		if configured.m[d] == 0 {
+			// Upstreams start healthy. EXPERIMENTAL: until health checks
+			// exist, every configured upstream reports 1.
+			upstreamHealthy.WithLabelValues(d).Set(1)
+		}
+		configured.m[d]++
+	}
+}
+
+func releaseUpstreams(dials []string) {
+	configured.Lock()
+	defer configured.Unlock()
+	for _, d := range dials {
+		if configured.m[d]--; configured.m[d] <= 0 {
+			delete(configured.m, d)
+			upstreamHealthy.DeleteLabelValues(d)
+		}
+	}
+}
+
+// configuredUpstreams returns the addresses of the upstreams of the loaded
+// configurations.
+func configuredUpstreams() []string {
+	configured.Lock()
+	defer configured.Unlock()
+	list := make([]string, 0, len(configured.m))
+	for d := range configured.m {
+		list = append(list, d)
+	}
+	return list
+}
