@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
@@ -47,17 +46,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}()
 	subprotocol := adm.subprotocol
 
-	u := h.Upstreams[0]
-	dialStart := time.Now()
-	up, err := u.dial(r.Context(), time.Duration(h.DialTimeout), h.upstreamTLS)
+	// The last admission step: a dynamic target chosen by the client's
+	// token (404 unknown, 403 not allowed, 503 lookup down), or nil for the
+	// configured upstreams.
+	target, err := h.resolveTarget(r)
 	if err != nil {
-		status := http.StatusBadGateway
-		if isTimeout(err) {
-			status = http.StatusGatewayTimeout
-		}
-		return caddyhttp.Error(status, fmt.Errorf("dialing upstream %s: %w", u.Dial, err))
+		return err
 	}
-	observeDial(time.Since(dialStart))
+	up, u, err := h.dialUpstream(r, adm, target)
+	if err != nil {
+		return err // 502 or 504, logged by Caddy with the reason
+	}
 
 	t := newTunnel(h, up, u.Dial, subprotocol, clientIP(r))
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
