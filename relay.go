@@ -207,34 +207,7 @@ func (t *tunnel) clientToUpstream() (err error) {
 			t.h.bufPool.Put(bp)
 		}
 	}()
-	trackData := t.h.IdleTimeout > 0
 	trackHeard := t.h.HeartbeatInterval > 0
-	flush := func() error {
-		if ps == pe {
-			return nil
-		}
-		if trackData {
-			t.lastData.Store(t.since())
-		}
-		p := buf[ps:pe]
-		ps, pe = 0, 0
-		for len(p) > 0 {
-			k := len(p)
-			if t.readLim != nil {
-				k = min(k, t.readLim.burst)
-				if !t.readLim.wait(k, t.done) {
-					return errEnding
-				}
-			}
-			n, err := t.up.Write(p[:k])
-			t.bytesIn.Add(int64(n))
-			if err != nil {
-				return &upstreamError{err}
-			}
-			p = p[k:]
-		}
-		return nil
-	}
 	for {
 		// The payload of the current data frame, as far as it is here:
 		// unmasked where it lies when it continues the pending bytes (a
@@ -253,17 +226,17 @@ func (t *tunnel) clientToUpstream() (err error) {
 			case msgOp == opText && t.base64:
 				m, err := b64.decode(buf[pe:], chunk)
 				if err != nil {
-					return errors.Join(flush(), err)
+					return errors.Join(t.toUpstream(buf[ps:pe]), err)
 				}
 				pe += m
 			case msgOp == opText && t.h.ValidateUTF8 && !utf8v.valid(chunk):
-				return errors.Join(flush(), errInvalidUTF8)
+				return errors.Join(t.toUpstream(buf[ps:pe]), errInvalidUTF8)
 			default:
 				pe += n
 			}
 			if remaining == 0 && fin {
 				if cerr := t.endMessage(msgOp, &utf8v, &b64); cerr != nil {
-					return errors.Join(flush(), cerr)
+					return errors.Join(t.toUpstream(buf[ps:pe]), cerr)
 				}
 				msgOp = 0
 			}
@@ -274,7 +247,7 @@ func (t *tunnel) clientToUpstream() (err error) {
 		if remaining == 0 && r < w {
 			h, size, perr := parseHeader(buf[r:w])
 			if perr != nil {
-				return errors.Join(flush(), perr)
+				return errors.Join(t.toUpstream(buf[ps:pe]), perr)
 			}
 			if size > 0 && h.opcode >= opClose {
 				if int64(w-r-size) < h.length {
@@ -284,7 +257,7 @@ func (t *tunnel) clientToUpstream() (err error) {
 					unmask(payload, payload, h.mask, 0)
 					r += size + int(h.length)
 					if cerr := t.control(h.opcode, payload); cerr != nil {
-						return errors.Join(flush(), cerr)
+						return errors.Join(t.toUpstream(buf[ps:pe]), cerr)
 					}
 					continue
 				}
@@ -293,21 +266,21 @@ func (t *tunnel) clientToUpstream() (err error) {
 				r += size
 				switch {
 				case h.opcode == opContinuation && msgOp == 0:
-					return errors.Join(flush(), protocolError("continuation frame outside a message"))
+					return errors.Join(t.toUpstream(buf[ps:pe]), protocolError("continuation frame outside a message"))
 				case h.opcode != opContinuation && msgOp != 0:
-					return errors.Join(flush(), protocolError("new message inside a fragmented one"))
+					return errors.Join(t.toUpstream(buf[ps:pe]), protocolError("new message inside a fragmented one"))
 				case h.opcode != opContinuation:
 					msgOp, msgLen = h.opcode, 0
 					t.msgsIn.Add(1)
 				}
 				msgLen += h.length
 				if maxMessage > 0 && msgLen > maxMessage {
-					return errors.Join(flush(), &closeError{closeMessageTooBig, "message too big"})
+					return errors.Join(t.toUpstream(buf[ps:pe]), &closeError{closeMessageTooBig, "message too big"})
 				}
 				remaining, fin, key, keyPos = h.length, h.fin, h.mask, 0
 				if remaining == 0 && fin {
 					if cerr := t.endMessage(msgOp, &utf8v, &b64); cerr != nil {
-						return errors.Join(flush(), cerr)
+						return errors.Join(t.toUpstream(buf[ps:pe]), cerr)
 					}
 					msgOp = 0
 				}
@@ -318,7 +291,9 @@ func (t *tunnel) clientToUpstream() (err error) {
 		// Nothing more to parse: write what is gathered, keep a partial
 		// header, and read more. The buffer goes back to the pool when
 		// nothing is pending, so an idle client holds none.
-		if err := flush(); err != nil {
+		err = t.toUpstream(buf[ps:pe])
+		ps, pe = 0, 0
+		if err != nil {
 			return err
 		}
 		pending := r < w
@@ -339,6 +314,33 @@ func (t *tunnel) clientToUpstream() (err error) {
 		buf = *bp
 		w += n
 	}
+}
+
+// toUpstream writes client payload to the upstream, paced by the read
+// throttle when there is one.
+func (t *tunnel) toUpstream(p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if t.h.IdleTimeout > 0 {
+		t.lastData.Store(t.since())
+	}
+	for len(p) > 0 {
+		k := len(p)
+		if t.readLim != nil {
+			k = min(k, t.readLim.burst)
+			if !t.readLim.wait(k, t.done) {
+				return errEnding
+			}
+		}
+		n, err := t.up.Write(p[:k])
+		t.bytesIn.Add(int64(n))
+		if err != nil {
+			return &upstreamError{err}
+		}
+		p = p[k:]
+	}
+	return nil
 }
 
 var errInvalidUTF8 = &closeError{closeInvalidPayload, "invalid UTF-8 in text message"}

@@ -48,6 +48,7 @@ declare -A PHASE=()   # proxy -> what its current process has run (for peak RSS)
 LOADPID=
 
 log() { echo "[$(date +%T)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
 
 cleanup() {
 	local rc=$?
@@ -77,7 +78,7 @@ kill_tree() {
 # first_line FILE: wait for a process to print its address.
 first_line() {
 	local i
-	for ((i = 0; i < 200; i++)); do
+	for ((i = 0; i < 600; i++)); do
 		if [[ -s $1 ]] && head -n1 "$1" | grep -q .; then
 			head -n1 "$1"
 			return
@@ -164,8 +165,9 @@ start_relay() {
 	"$BIN/relay" -listen 127.0.0.1:0 -to "${UP[echo]}" -to "${UP[sink]}" -to "${UP[source]}" \
 		>"$TMP/relay.out" 2>>"$TMP/relay.err" &
 	PID[relay]=$!
-	local a
-	read -r -a a <<<"$(first_line "$TMP/relay.out")"
+	local a line
+	line=$(first_line "$TMP/relay.out") || die "the relay did not start: $(tail -3 "$TMP/relay.err")"
+	read -r -a a <<<"$line"
 	ADDR[relay/echo]=tcp://${a[0]} ADDR[relay/sink]=tcp://${a[1]} ADDR[relay/source]=tcp://${a[2]}
 }
 
