@@ -34,7 +34,7 @@ import (
 //	POST   /ws_to_tcp/connections/{id}/send  the body as one message
 //	POST   /ws_to_tcp/broadcast              the body to every matching client (filters)
 //	POST   /ws_to_tcp/ping                   ping every matching client (filters)
-//	GET    /ws_to_tcp/upstreams              the upstreams and their open tunnels
+//	GET    /ws_to_tcp/upstreams              the upstreams: health, open tunnels, failures
 //
 // Filters are query parameters: id, channel, subprotocol, user, upstream.
 // Each may be repeated (any of its values matches); different filters must
@@ -175,8 +175,8 @@ func appendJSONString(b []byte, s string) []byte {
 type upstreamInfo struct {
 	Address string `json:"address"`
 	Healthy bool   `json:"healthy"`
-	Active  int    `json:"active"`
-	Fails   int    `json:"fails"`
+	Active  int    `json:"active"` // open tunnels, with handshakes dialling it
+	Fails   int    `json:"fails"`  // failed dials counting (passive) plus consecutive failed active checks
 }
 
 // sentResult answers send, broadcast and ping.
@@ -337,10 +337,11 @@ func (a *adminAPI) ping(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, sentResult{Sent: len(list) - failed, Failed: failed})
 }
 
-// upstreams lists the upstreams of the loaded configurations, and those
-// that open tunnels of unloaded ones still use, with their open tunnels.
-// Health is not tracked yet: every upstream shows as healthy, with no
-// failures.
+// upstreams lists the upstreams of the loaded configurations from their
+// shared state (health.go): health, open tunnels (with handshakes dialling
+// them) and the failures counting now. Addresses that only open tunnels
+// still use (of an unloaded configuration, or dynamic targets) are listed
+// too, healthy, with their open tunnels.
 func (a *adminAPI) upstreams(w http.ResponseWriter, r *http.Request) error {
 	if err := allow(w, r, http.MethodGet); err != nil {
 		return err
@@ -348,21 +349,24 @@ func (a *adminAPI) upstreams(w http.ResponseWriter, r *http.Request) error {
 	if err := noQuery(r); err != nil {
 		return err
 	}
-	active := make(map[string]int)
-	for _, t := range selectTunnels(nil) {
-		active[t.upstream]++
+	out := upstreamInfos()
+	known := make(map[string]bool, len(out))
+	for _, u := range out {
+		known[u.Address] = true
 	}
-	addrs := configuredUpstreams()
-	for addr := range active {
-		if !slices.Contains(addrs, addr) {
-			addrs = append(addrs, addr)
+	others := make(map[string]int)
+	for _, t := range selectTunnels(nil) {
+		if !known[t.upstream] {
+			others[t.upstream]++
 		}
 	}
-	slices.Sort(addrs)
-	out := make([]upstreamInfo, len(addrs))
-	for i, addr := range addrs {
-		out[i] = upstreamInfo{Address: addr, Healthy: true, Active: active[addr]}
+	for addr, n := range others {
+		out = append(out, upstreamInfo{Address: addr, Healthy: true, Active: n})
 	}
+	if out == nil {
+		out = []upstreamInfo{}
+	}
+	slices.SortFunc(out, func(a, b upstreamInfo) int { return strings.Compare(a.Address, b.Address) })
 	return writeJSON(w, out)
 }
 

@@ -24,6 +24,19 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	ws_to_tcp [<matcher>] [<upstream...>] {
 //		to <upstream...>
 //		dial_timeout <duration>
+//		lb_policy random|round_robin|least_conn|first|ip_hash|user_hash
+//		lb_retries <n>
+//		max_connections_per_upstream <n>
+//		health_interval <duration>
+//		health_timeout <duration>
+//		health_send <bytes>
+//		health_expect <bytes>
+//		health_fails <n>
+//		health_passes <n>
+//		fail_duration <duration>
+//		max_fails <n>
+//		proxy_protocol v1|v2
+//		preamble <template>
 //		upstream_tls {
 //			ca <pem file>
 //			server_name <name>
@@ -65,6 +78,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_connections_per_ip <n>
 //		max_connections_per_user <n>
 //		test_page
+//		targets {
+//			query [<name>]
+//			cookie <name>
+//			path <segment index>|<placeholder>
+//			host [full|label]
+//			map {
+//				<token> <target>
+//			}
+//			file <path>
+//			http <url>
+//			redis <url> [<prefix>]
+//			cache_ttl <duration>
+//			timeout <duration>
+//		}
+//		allow_targets <cidr|ip|host glob>[:<port>|<lo-hi>]... | unix/<path glob>...
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name; httpcaddyfile removed the matcher
@@ -163,11 +191,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseCount(d, &h.MaxConnectionsPerIP)
 		case "max_connections_per_user":
 			err = parseCount(d, &h.MaxConnectionsPerUser)
+		case "lb_policy", "lb_retries", "max_connections_per_upstream",
+			"health_interval", "health_timeout", "health_send", "health_expect", "health_fails", "health_passes",
+			"fail_duration", "max_fails", "proxy_protocol", "preamble":
+			err = h.parseBalancerOption(d) // loadbalancer.go
 		case "test_page":
 			if d.NextArg() {
 				return d.Errf("test_page: takes no arguments")
 			}
 			h.TestPage = true
+		case "targets":
+			err = h.parseTargets(d)
+		case "allow_targets":
+			err = h.parseAllowTargets(d)
 		default:
 			return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
 		}

@@ -49,7 +49,9 @@ interfaces, 127.0.0.1:6080 binds that address only. Default: :6080, or
 
 --to, or the second positional argument, is the server to relay to:
 host:port, unix//path/to.sock, or tls/host:port (TLS to the server,
-checked against the system's roots). Repeat --to for several servers.
+checked against the system's roots). --to may be repeated: the servers
+are then used as the upstreams of one ws_to_tcp directive are (see the
+README).
 
 Requests that are not WebSocket upgrades get 426 Upgrade Required,
 unless:
@@ -326,8 +328,12 @@ func wsToTCPConfig(fs caddycmd.Flags) (*caddy.Config, wsToTCPSummary, error) {
 		ReadHeaderTimeout: caddy.Duration(10 * time.Second),
 		// WebSockets are upgraded over HTTP/1.1 only (extended CONNECT
 		// over HTTP/2 and 3 is refused), so no HTTP/3: no UDP listener
-		// and no Alt-Svc header inviting browsers to it.
-		Protocols: []string{"h1", "h2"},
+		// and no Alt-Svc header inviting browsers to it. HTTP/2 only
+		// with TLS, for --web's files.
+		Protocols: []string{"h1"},
+	}
+	if useTLS {
+		server.Protocols = []string{"h1", "h2"}
 	}
 	if fs.Bool("access-log") {
 		server.Logs = &caddyhttp.ServerLogConfig{}

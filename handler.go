@@ -53,7 +53,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return err
 	}
-	up, u, err := h.dialUpstream(r, adm, target)
+	up, u, err := h.dialUpstream(w, r, &adm, target)
 	if err != nil {
 		return err // 502 or 504, logged by Caddy with the reason
 	}

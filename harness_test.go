@@ -141,9 +141,11 @@ func (s *testServer) tryDial(path string, hdr http.Header) (*websocket.Conn, *ht
 	for attempt := 0; ; attempt++ {
 		c, resp, err := d.Dial(s.wsURL(path), hdr)
 		// Right after a reload, a connection the old server accepted while
-		// it shut down is reset by it (Caddy shares the listener between
-		// the two): that is not the handler's doing, so try again.
-		if err != nil && resp == nil && attempt < 3 && errors.Is(err, syscall.ECONNRESET) {
+		// it shut down is closed or reset by it (Caddy shares the listener
+		// between the two) before any response: not the handler's doing,
+		// so try again.
+		if err != nil && resp == nil && attempt < 3 &&
+			(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)) {
 			continue
 		}
 		return c, resp, err
@@ -287,7 +289,7 @@ func relayGoroutines() string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "wstotcp.(*tunnel)") && !strings.Contains(g, "wstotcp.relayGoroutines") {
+		if strings.Contains(g, "caddy-ws-to-tcp.(*tunnel)") && !strings.Contains(g, "caddy-ws-to-tcp.relayGoroutines") {
 			out = append(out, g)
 		}
 	}

@@ -1,9 +1,7 @@
 package wstotcp
 
 import (
-	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,7 +36,7 @@ var (
 
 	upstreamHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "upstream_healthy",
-		Help: "1 when the configured upstream is considered healthy, 0 when it is down.",
+		Help: "1 when the configured upstream is healthy, 0 when it is down (by its active or passive health checks).",
 	}, []string{"upstream"})
 
 	rejectionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -119,8 +117,9 @@ func (c liveCollector) Collect(ch chan<- prometheus.Metric) {
 
 // provisionMetrics registers the collectors on this configuration's
 // registry (a second handler of the same configuration finds them there
-// already) and marks the handler's upstreams as configured until the
-// configuration is unloaded.
+// already). caddy_ws_to_tcp_upstream_healthy follows the shared upstream
+// states (health.go): a series per configured upstream address, from the
+// first configuration that has it until the last one is unloaded.
 func (h *Handler) provisionMetrics(ctx caddy.Context) error {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		for _, c := range collectors {
@@ -130,58 +129,5 @@ func (h *Handler) provisionMetrics(ctx caddy.Context) error {
 			}
 		}
 	}
-	dials := make([]string, 0, len(h.Upstreams))
-	for _, u := range h.Upstreams {
-		dials = append(dials, u.Dial)
-	}
-	acquireUpstreams(dials)
-	// Provisioned modules' contexts do not run OnCancel functions; the
-	// context's Done does close when the configuration is unloaded, and
-	// when its provisioning fails.
-	context.AfterFunc(ctx, func() { releaseUpstreams(dials) })
 	return nil
-}
-
-// configured counts, per upstream address, the loaded handlers that have
-// it. A reload provisions the new configuration before it unloads the old
-// one, so an upstream kept across a reload never drops to 0.
-var configured = struct {
-	sync.Mutex
-	m map[string]int
-}{m: make(map[string]int)}
-
-func acquireUpstreams(dials []string) {
-	configured.Lock()
-	defer configured.Unlock()
-	for _, d := range dials {
-		if configured.m[d] == 0 {
-			// Upstreams start healthy. EXPERIMENTAL: until health checks
-			// exist, every configured upstream reports 1.
-			upstreamHealthy.WithLabelValues(d).Set(1)
-		}
-		configured.m[d]++
-	}
-}
-
-func releaseUpstreams(dials []string) {
-	configured.Lock()
-	defer configured.Unlock()
-	for _, d := range dials {
-		if configured.m[d]--; configured.m[d] <= 0 {
-			delete(configured.m, d)
-			upstreamHealthy.DeleteLabelValues(d)
-		}
-	}
-}
-
-// configuredUpstreams returns the addresses of the upstreams of the loaded
-// configurations.
-func configuredUpstreams() []string {
-	configured.Lock()
-	defer configured.Unlock()
-	list := make([]string, 0, len(configured.m))
-	for d := range configured.m {
-		list = append(list, d)
-	}
-	return list
 }

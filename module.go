@@ -55,7 +55,9 @@ const (
 type Handler struct {
 	// The upstreams to relay to. Each `dial` address is `host:port`,
 	// `tcp/host:port`, `unix//path/to.sock` or `tls/host:port` (TLS to the
-	// upstream, see `upstream_tls`). Required.
+	// upstream, see `upstream_tls`). With allow_targets, one address may
+	// hold placeholders, expanded and checked per request. Required, unless
+	// `targets` chooses the upstream.
 	Upstreams []*Upstream `json:"upstreams,omitempty"`
 
 	// How long to wait for an upstream's TCP handshake (and TLS handshake
@@ -65,6 +67,42 @@ type Handler struct {
 	// TLS settings for `tls/` upstreams. Default: the system's roots and the
 	// upstream's host name as server name.
 	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
+
+	// How an upstream is chosen among several (`selection_policy`) and how
+	// many others are tried when its dial fails (`retries`). Default:
+	// random, no retry.
+	LoadBalancing *LoadBalancing `json:"load_balancing,omitempty"`
+
+	// Active and passive health checks of the upstreams. Upstreams start
+	// healthy; down ones are skipped, and when all are down the handshake
+	// gets 502. Default: none, every upstream is always healthy.
+	HealthChecks *HealthChecks `json:"health_checks,omitempty"`
+
+	// The most tunnels open to one upstream address at once (with the
+	// handshakes dialling it), counted over every handler and configuration
+	// of the process that has the address. An upstream at its limit is not
+	// chosen; when every healthy upstream is at its limit the handshake
+	// gets 503 with `Retry-After: 1`. Default: 0, no limit.
+	MaxConnectionsPerUpstream int `json:"max_connections_per_upstream,omitempty"`
+
+	// Send a PROXY protocol header, `v1` (text) or `v2` (binary), as the
+	// first bytes to the upstream, right after the dial (before the TLS
+	// handshake of a `tls/` upstream). It carries Caddy's client IP (which
+	// honours the server's trusted_proxies), with the client's port when
+	// that IP is the connection's peer and 0 when it came from a header,
+	// and the address of the server socket that accepted the request.
+	// Default: none.
+	ProxyProtocol string `json:"proxy_protocol,omitempty"`
+
+	// Bytes to send to the upstream right after the dial (after the PROXY
+	// header), before any byte of the client: e.g. a login on behalf of the
+	// user. Placeholders of the request are replaced (`{http.auth.user.id}`,
+	// `{http.request.header.*}`, `{http.request.uri.query.*}`; unknown ones
+	// by nothing), with control characters removed from their values so
+	// that a client cannot add a line; the escapes `\n`, `\r`, `\t`, `\\`
+	// and `\xHH` are interpreted in the template. At most 64 KiB once
+	// expanded. Default: none.
+	Preamble string `json:"preamble,omitempty"`
 
 	// The accepted subprotocols, in server preference order: the first one
 	// the client also offered is echoed, and a client that offers none of
@@ -180,6 +218,24 @@ type Handler struct {
 	// hex, and the close code and reason. Default: off.
 	TestPage bool `json:"test_page,omitempty"`
 
+	// Dynamic targets: the upstream is chosen per client by a token it
+	// presents (query parameter, cookie, path segment or Host header),
+	// looked up in a map, a token file, an HTTP service or Redis. Replaces
+	// `upstreams`. See Targets. Default: none.
+	Targets *Targets `json:"targets,omitempty"`
+
+	// Where dynamic targets (from `targets`, or from placeholders in an
+	// upstream address) may lead: `<cidr|ip|host glob>[:<port or lo-hi>]`
+	// (`10.0.0.0/8:5900-5999`, `127.0.0.1:5900`, `[::1]:5901`,
+	// `*.vnc.internal:5900`) or `unix/<path glob>` (`unix//run/vnc/*.sock`).
+	// A target outside the list gets 403. A host name is resolved once and
+	// every address it resolves to is checked against the address rules
+	// (name rules trust the DNS for the names they match); the checked
+	// address is dialled, never the name again. Required for placeholders
+	// in upstream addresses. Configured upstreams are not checked.
+	// Default: none, every target of the token table is trusted.
+	AllowTargets []string `json:"allow_targets,omitempty"`
+
 	ctx         caddy.Context
 	logger      *zap.Logger
 	events      *caddyevents.App // nil without an events app
@@ -190,8 +246,10 @@ type Handler struct {
 	origins     *originPolicy  // nil: the default rule
 	auth        *authenticator // nil without an auth block
 	limits      *connLimits    // nil without limits
+	lb          *balancer      // upstream pool, policy, health; see loadbalancer.go
 	// heartbeatFrame is HeartbeatText framed once at provision.
 	heartbeatFrame []byte
+	targets        *targetResolver // nil without targets or placeholders in to
 }
 
 // CaddyModule returns the Caddy module information.
@@ -232,7 +290,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("to: %v", err)
 		}
 	}
-	if h.UpstreamTLS != nil || h.anyTLSUpstream() {
+	if err := h.provisionTargets(); err != nil {
+		return err
+	}
+	if h.UpstreamTLS != nil || h.anyTLSUpstream() || h.targets != nil {
 		cfg, err := h.UpstreamTLS.tlsConfig()
 		if err != nil {
 			return fmt.Errorf("upstream_tls: %v", err)
@@ -259,12 +320,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionOps(ctx); err != nil {
 		return err
 	}
+	if err := h.provisionBalancer(ctx); err != nil {
+		return err
+	}
 	return nil
 }
 
 // Validate checks the configuration; it does no I/O.
 func (h *Handler) Validate() error {
-	if len(h.Upstreams) == 0 {
+	if len(h.Upstreams) == 0 && h.targets == nil {
 		return fmt.Errorf("to: at least one upstream is required")
 	}
 	switch h.MessageType {
@@ -299,6 +363,9 @@ func (h *Handler) Validate() error {
 	if err := h.validateAdmission(); err != nil {
 		return err
 	}
+	if err := h.validateBalancer(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -306,6 +373,8 @@ func (h *Handler) Validate() error {
 // server's shutdown leaves hijacked connections alone, so tunnels are ours
 // to close: all of them when the process exits, this handler's after
 // reload_close_after on a reload, none otherwise (they survive the reload).
+// It also stops the active health checker and gives back the handler's
+// references to the shared upstream states (loadbalancer.go).
 func (h *Handler) Cleanup() error {
 	switch {
 	case caddy.Exiting():
@@ -315,6 +384,8 @@ func (h *Handler) Cleanup() error {
 			closeTunnels(h, websocket.CloseGoingAway, "configuration reloaded")
 		})
 	}
+	h.cleanupTargets()
+	h.releaseUpstreams()
 	return nil
 }
 

@@ -19,19 +19,26 @@ const (
 	rejectAuth        = "auth"        // 401: no valid credentials
 	rejectSubprotocol = "subprotocol" // 400: no acceptable subprotocol offered
 	rejectHandshake   = "handshake"   // 400: malformed WebSocket handshake
+	rejectTarget      = "target"      // 404 no/unknown token, 403 not allowed, 503 lookup failed, 502/504 name not resolved
 )
 
 // rejected records a refused handshake, once, and returns the error that
 // makes Caddy answer with status (headers such as WWW-Authenticate or
 // Retry-After must be set on the response before). Refusals by policy
-// (limit, origin, auth) are logged at INFO, malformed or unacceptable
-// handshakes at DEBUG. err and the log line never hold a credential:
-// callers pass errors that name no token, password or cookie.
+// (limit, origin, auth, target) are logged at INFO, a target that could
+// not be resolved (token source or DNS failing) at WARN, malformed or
+// unacceptable handshakes at DEBUG. err and the log line never hold a
+// credential: callers pass errors that name no token, password or cookie.
 func (h *Handler) rejected(r *http.Request, reason string, status int, err error) error {
 	lvl := zapcore.DebugLevel
 	switch reason {
 	case rejectLimit, rejectOrigin, rejectAuth:
 		lvl = zapcore.InfoLevel
+	case rejectTarget:
+		lvl = zapcore.InfoLevel
+		if status >= 500 { // a token source or the DNS failed
+			lvl = zapcore.WarnLevel
+		}
 	}
 	if c := h.logger.Check(lvl, "handshake rejected"); c != nil {
 		fields := []zap.Field{

@@ -21,6 +21,13 @@ type Upstream struct {
 	network string // "tcp" or "unix"
 	address string
 	useTLS  bool
+
+	// template: Dial has placeholders; it is expanded and checked against
+	// allow_targets per request (targets.go), never dialled as is.
+	template bool
+	// serverName is the TLS server name of a dynamic target dialled by the
+	// IP address allow_targets checked; empty: the address's host.
+	serverName string
 }
 
 // UpstreamTLS configures TLS to `tls/` upstreams.
@@ -45,7 +52,10 @@ func (u *Upstream) parse() error {
 		return fmt.Errorf("empty upstream address")
 	}
 	if strings.Contains(addr, "{") {
-		return fmt.Errorf("%q: placeholders in upstream addresses are not supported (they need allow_targets, so that a client cannot pick any host)", addr)
+		// Expanded per request; provisionTargets refuses it without
+		// allow_targets, so that a client cannot pick any host.
+		u.template = true
+		return nil
 	}
 	network := "tcp"
 	switch {
@@ -108,6 +118,9 @@ func (u *Upstream) dial(ctx context.Context, timeout time.Duration, tlsCfg *tls.
 		return d.DialContext(ctx, u.network, u.address)
 	}
 	cfg := tlsCfg.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.serverName
+	}
 	if cfg.ServerName == "" {
 		cfg.ServerName, _, _ = net.SplitHostPort(u.address)
 	}

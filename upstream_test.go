@@ -12,6 +12,9 @@ func TestUpstreamParse(t *testing.T) {
 		address string
 		useTLS  bool
 		err     string // a substring of the error; "" for none
+		// template: placeholders, expanded per request; Provision refuses
+		// them without allow_targets (TestTargetsProvisionErrors)
+		template bool
 	}{
 		// good forms
 		{dial: "127.0.0.1:5900", network: "tcp", address: "127.0.0.1:5900"},
@@ -34,9 +37,9 @@ func TestUpstreamParse(t *testing.T) {
 		{dial: "ws://x", err: "not a URL"},
 		{dial: "http://127.0.0.1:8080", err: "not a URL"},
 		{dial: "unix:///run/vnc.sock", err: "not a URL"},
-		{dial: "127.0.0.1:{http.request.uri.query.port}", err: "allow_targets"},
-		{dial: "{http.request.host}:5900", err: "placeholders"},
-		{dial: "tls/{http.vars.target}", err: "allow_targets"},
+		{dial: "127.0.0.1:{http.request.uri.query.port}", template: true},
+		{dial: "{http.request.host}:5900", template: true},
+		{dial: "tls/{http.vars.target}", template: true},
 		{dial: "127.0.0.1", err: "missing port"},
 		{dial: "tcp/", err: "missing port"},
 		{dial: "::1:5900", err: "too many colons"},
@@ -67,6 +70,9 @@ func TestUpstreamParse(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("parse(%q): %v", tt.dial, err)
+			}
+			if u.template != tt.template {
+				t.Fatalf("parse(%q): template %v, want %v", tt.dial, u.template, tt.template)
 			}
 			if u.network != tt.network || u.address != tt.address || u.useTLS != tt.useTLS {
 				t.Errorf("parse(%q) = network %q, address %q, useTLS %v; want %q, %q, %v",
