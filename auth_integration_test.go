@@ -17,9 +17,6 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // hdrs builds a header from name, value pairs.
@@ -770,54 +767,11 @@ func TestLimitSlotsReleasedOnFailures(t *testing.T) {
 	c.Close()
 }
 
-// startCaddyWithLog is startCaddy with more settings in the global `log`
-// block (the harness's has none), for the default logger's filters.
+// startCaddyWithLog is startCaddy with the default logger's format (a
+// filter) set.
 func startCaddyWithLog(t *testing.T, logSettings, sites string) *testServer {
 	t.Helper()
-	caddyMu.Lock()
-	s := &testServer{t: t, httpPort: freePort(t), adminPort: freePort(t),
-		logFile: filepath.Join(t.TempDir(), "caddy.log")}
-	t.Cleanup(func() {
-		waitNoTunnels(t)
-		caddy.Stop()
-		caddyMu.Unlock()
-		if t.Failed() {
-			b, _ := os.ReadFile(s.logFile)
-			if len(b) > 16<<10 {
-				b = b[len(b)-16<<10:]
-			}
-			t.Logf("Caddy's log (tail):\n%s", b)
-		}
-	})
-	// as startCaddy: a free port may be taken before Caddy binds it
-	for attempt := 0; ; attempt++ {
-		cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	http_port %d
-	skip_install_trust
-	grace_period 1ns
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-		%s
-	}
-}
-`, s.adminPort, s.httpPort, s.logFile, logSettings) + strings.ReplaceAll(sites, "{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort))
-		js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
-		if err != nil {
-			t.Fatalf("adapting: %v", err)
-		}
-		err = caddy.Load(js, true)
-		if err == nil {
-			break
-		}
-		if attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatalf("loading: %v", err)
-		}
-		s.httpPort, s.adminPort = freePort(t), freePort(t)
-	}
-	return s
+	return startCaddyWith(t, caddyOptions{logFormat: logSettings}, sites)
 }
 
 // logFilter is the README's recipe: Caddy logs the request as it arrived,

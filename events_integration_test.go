@@ -16,7 +16,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -114,52 +113,15 @@ func noMoreEvents(t testing.TB) {
 // (an events block, say) and the global log at level.
 func startWithGlobals(t *testing.T, globals, level, sites string) *testServer {
 	t.Helper()
-	s := startCaddy(t, "") // admin only: the sites are bound by the next load
-	// The free ports may be taken by another process before Caddy binds
-	// them: then pick others, as startCaddy does.
-	for attempt := 0; ; attempt++ {
-		err := s.tryLoadWithGlobals(globals, level, sites)
-		if err == nil {
-			return s
-		}
-		if attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatalf("loading config: %v", err)
-		}
-		s.httpPort, s.adminPort = freePort(t), freePort(t)
-	}
+	return startCaddyWith(t, caddyOptions{globals: globals, logLevel: level}, sites)
 }
 
 // loadWithGlobals reloads sites like s.load, with extra global options and
 // the global log at level.
 func (s *testServer) loadWithGlobals(globals, level, sites string) {
 	s.t.Helper()
-	if err := s.tryLoadWithGlobals(globals, level, sites); err != nil {
-		s.t.Fatalf("loading config: %v", err)
-	}
-}
-
-func (s *testServer) tryLoadWithGlobals(globals, level, sites string) error {
-	cfg := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	http_port %d
-	skip_install_trust
-	grace_period 1ns
-	persist_config off
-	log {
-		output file %s
-		format json
-		level %s
-	}
-%s
-}
-`, s.adminPort, s.httpPort, s.logFile, level, globals) + strings.NewReplacer(
-		"{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort),
-	).Replace(sites)
-	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		return err
-	}
-	return caddy.Load(js, true)
+	s.opts.globals, s.opts.logLevel = globals, level
+	s.load(sites)
 }
 
 const recordAllEvents = `	events {

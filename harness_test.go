@@ -32,6 +32,14 @@ type testServer struct {
 	httpPort  int
 	adminPort int
 	logFile   string // every log line of this Caddy, JSON
+	opts      caddyOptions
+}
+
+// caddyOptions adds to the harness's global options.
+type caddyOptions struct {
+	globals   string // more global options (an events block, say)
+	logLevel  string // of the global log; default DEBUG
+	logFormat string // the global log's format; default JSON (a filter, say)
 }
 
 // freePort returns a loopback port that was free a moment ago.
@@ -53,9 +61,15 @@ var caddyMu sync.Mutex
 // It stops Caddy when the test ends.
 func startCaddy(t testing.TB, sites string) *testServer {
 	t.Helper()
+	return startCaddyWith(t, caddyOptions{}, sites)
+}
+
+// startCaddyWith is startCaddy with more global options.
+func startCaddyWith(t testing.TB, opts caddyOptions, sites string) *testServer {
+	t.Helper()
 	caddyMu.Lock()
 	s := &testServer{t: t, httpPort: freePort(t), adminPort: freePort(t),
-		logFile: filepath.Join(t.TempDir(), "caddy.log")}
+		logFile: filepath.Join(t.TempDir(), "caddy.log"), opts: opts}
 	t.Cleanup(func() {
 		waitNoTunnels(t)
 		caddy.Stop()
@@ -91,6 +105,13 @@ func (s *testServer) load(sites string) {
 }
 
 func (s *testServer) tryLoad(sites string) error {
+	level, format := s.opts.logLevel, s.opts.logFormat
+	if level == "" {
+		level = "DEBUG"
+	}
+	if format == "" {
+		format = "format json"
+	}
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	http_port %d
@@ -99,11 +120,12 @@ func (s *testServer) tryLoad(sites string) error {
 	persist_config off
 	log {
 		output file %s
-		format json
-		level DEBUG
+		level %s
+		%s
 	}
+%s
 }
-`, s.adminPort, s.httpPort, s.logFile) + strings.NewReplacer(
+`, s.adminPort, s.httpPort, s.logFile, level, format, s.opts.globals) + strings.NewReplacer(
 		"{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort),
 		"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", s.adminPort),
 	).Replace(sites)
