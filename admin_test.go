@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -223,19 +224,10 @@ func TestUpstreamHealthyFollowsConfigurations(t *testing.T) {
 		}
 		return m
 	}
-	waitFor := func(want bool) {
+	present := func(want bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			_, ok := series()[addr]
-			if ok == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("upstream_healthy{upstream=%q} present: %v, want %v", addr, ok, want)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("upstream_healthy{upstream=%q} present: %v", addr, want),
+			func() bool { _, ok := series()[addr]; return ok == want })
 	}
 	cancel1 := provision()
 	cancel2 := provision() // a reload: the new configuration before the old one goes
@@ -249,7 +241,7 @@ func TestUpstreamHealthyFollowsConfigurations(t *testing.T) {
 		t.Fatal("gone while a configuration still has it")
 	}
 	cancel2b()
-	waitFor(false)
+	present(false)
 }
 
 // dtoMetric reads a collected metric.

@@ -317,3 +317,17 @@ func relayGoroutines() string {
 	}
 	return strings.Join(out, "\n\n")
 }
+
+// waitFor polls cond until it holds, and fails the test if it does not
+// within timeout: the wait for a state that no event announces (a count,
+// a list, a health flag).
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

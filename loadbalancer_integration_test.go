@@ -547,9 +547,7 @@ func TestLBFailoverPassive(t *testing.T) {
 			}
 		})
 	}
-	for done.Load() < 300 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, ioTimeout, "300 connections before B dies", func() bool { return done.Load() >= 300 })
 	b.kill()
 	killed.Store(true)
 	wg.Wait()
