@@ -575,12 +575,7 @@ func containsString(list []string, s string) bool {
 
 func TestAdmissionCaddyfileErrors(t *testing.T) {
 	hash := "$2a$14$X3ulqf/iGxnf1k6oMZ.RZeJUoqI9PX2PM4rS5lkIKJXduLGXGPrt6"
-	tests := []struct {
-		name string
-		body string // the ws_to_tcp block; its first line is line 3
-		line int
-		want []string
-	}{
+	tests := []caddyfileErrorCase{
 		{"origins without args", "to 127.0.0.1:5900\norigins", 4, []string{"origins:", "at least one pattern"}},
 		{"origins bad pattern", "to 127.0.0.1:5900\norigins https://ok.example https://exa mple.com/", 4,
 			[]string{"origins:", `"mple.com/"`, "scheme://host"}},

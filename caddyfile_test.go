@@ -120,12 +120,7 @@ func loadHandler(t *testing.T, cfg string) (*Handler, error) {
 }
 
 func TestCaddyfileErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		body string   // the ws_to_tcp block; its first line is line 3
-		line int      // the line the error must name
-		want []string // further substrings of the error
-	}{
+	tests := []caddyfileErrorCase{
 		{"unknown subdirective", "to 127.0.0.1:5900\nfrobnicate 1", 4,
 			[]string{"unrecognized ws_to_tcp subdirective", `"frobnicate"`}},
 		{"heartbeat without args", "to 127.0.0.1:5900\nheartbeat", 4,
@@ -197,25 +192,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"upstream_tls insecure_skip_verify with arg", "to tls/10.0.0.1:443\nupstream_tls {\n\tinsecure_skip_verify true\n}", 5,
 			[]string{"upstream_tls: insecure_skip_verify:", "takes no arguments"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := siteWith(tt.body)
-			_, err := adaptCaddyfile(cfg)
-			if err == nil {
-				t.Fatalf("adapting succeeded, want an error for:\n%s", cfg)
-			}
-			msg := err.Error()
-			t.Logf("error: %s", msg)
-			if loc := "Caddyfile:" + strconv.Itoa(tt.line); !strings.Contains(msg, loc) {
-				t.Errorf("error %q does not name the line %q", msg, loc)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error %q does not contain %q", msg, w)
-				}
-			}
-		})
-	}
+	checkCaddyfileErrors(t, tests)
 }
 
 // TestCaddyfileProvisionErrors covers what the Caddyfile parser lets
@@ -393,4 +370,38 @@ func TestCaddyfileProvision(t *testing.T) {
 			t.Fatalf("upstreamTLS = %+v, want the CA pool, server name vnc.internal, insecure_skip_verify", c)
 		}
 	})
+}
+
+// caddyfileErrorCase is a ws_to_tcp block (its first line is line 3 of the
+// Caddyfile siteWith makes) that must fail to adapt, naming line and words.
+type caddyfileErrorCase struct {
+	name string
+	body string
+	line int      // the line the error must name
+	want []string // further substrings of the error
+}
+
+// checkCaddyfileErrors adapts each case and checks its error names the
+// line and contains the words: bad input fails at load with the
+// subdirective named.
+func checkCaddyfileErrors(t *testing.T, tests []caddyfileErrorCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := siteWith(tt.body)
+			_, err := adaptCaddyfile(cfg)
+			if err == nil {
+				t.Fatalf("adapting succeeded, want an error for:\n%s", cfg)
+			}
+			msg := err.Error()
+			if loc := "Caddyfile:" + strconv.Itoa(tt.line); !strings.Contains(msg, loc) {
+				t.Errorf("error %q does not name the line %q", msg, loc)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not contain %q", msg, w)
+				}
+			}
+		})
+	}
 }

@@ -302,12 +302,7 @@ func metricValue(t *testing.T, upstream string) float64 {
 }
 
 func TestBalancerCaddyfileErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		body string
-		line int
-		want []string
-	}{
+	tests := []caddyfileErrorCase{
 		{"lb_policy unknown", "to 127.0.0.1:5900\nlb_policy weighted", 4, []string{"lb_policy:", `"weighted"`, "round_robin"}},
 		{"lb_policy without arg", "to 127.0.0.1:5900\nlb_policy", 4, []string{"lb_policy:", "expected one of"}},
 		{"lb_policy two args", "to 127.0.0.1:5900\nlb_policy first random", 4, []string{"lb_policy:"}},
@@ -329,24 +324,7 @@ func TestBalancerCaddyfileErrors(t *testing.T) {
 		{"preamble bad escape", "to 127.0.0.1:5900\npreamble `LOGIN\\x1`", 4, []string{"preamble:", "hex"}},
 		{"preamble twice", "to 127.0.0.1:5900\npreamble a\npreamble b", 5, []string{"preamble", "already specified"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := siteWith(tt.body)
-			_, err := adaptCaddyfile(cfg)
-			if err == nil {
-				t.Fatalf("adapting succeeded, want an error for:\n%s", cfg)
-			}
-			msg := err.Error()
-			if loc := "Caddyfile:" + strconv.Itoa(tt.line); !strings.Contains(msg, loc) {
-				t.Errorf("error %q does not name the line %q", msg, loc)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error %q does not contain %q", msg, w)
-				}
-			}
-		})
-	}
+	checkCaddyfileErrors(t, tests)
 }
 
 // What the Caddyfile lets through (or JSON says) and Provision or Validate
