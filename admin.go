@@ -19,6 +19,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // adminAPI serves /ws_to_tcp/ on Caddy's admin endpoint (SPEC §7): list,
@@ -78,6 +81,7 @@ type connInfo struct {
 }
 
 func infoOf(t *tunnel) connInfo {
+	s := t.Stats()
 	return connInfo{
 		ID:          t.id,
 		Remote:      t.remote,
@@ -86,10 +90,10 @@ func infoOf(t *tunnel) connInfo {
 		Subprotocol: t.subprotocol,
 		Channel:     t.channel,
 		Started:     t.started.UTC().Truncate(time.Millisecond),
-		BytesIn:     t.bytesIn.Load(),
-		BytesOut:    t.bytesOut.Load(),
-		MessagesIn:  t.msgsIn.Load(),
-		MessagesOut: t.msgsOut.Load(),
+		BytesIn:     s.BytesIn,
+		BytesOut:    s.BytesOut,
+		MessagesIn:  s.MessagesIn,
+		MessagesOut: s.MessagesOut,
 	}
 }
 
@@ -285,11 +289,11 @@ func (a *adminAPI) send(w http.ResponseWriter, r *http.Request, id string) error
 	if err != nil {
 		return err
 	}
-	if err := t.sendMessage(op, body); err != nil {
+	if err := t.Send(op, body); err != nil {
 		switch {
-		case errors.Is(err, errCloseSent), errors.Is(err, net.ErrClosed):
+		case errors.Is(err, relay.ErrClosing), errors.Is(err, net.ErrClosed):
 			return apiError(http.StatusNotFound, "connection %s closed before the message was sent", id)
-		case errors.Is(err, errWriteLockTimeout), isTimeout(err):
+		case errors.Is(err, relay.ErrWriteLockTimeout), isTimeout(err):
 			return apiError(http.StatusGatewayTimeout, "connection %s: the client accepted nothing within write_timeout; it is closed", id)
 		default:
 			return apiError(http.StatusBadGateway, "connection %s: writing to the client failed; it is closed", id)
@@ -312,9 +316,9 @@ func (a *adminAPI) broadcast(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	frame := prepareFrame(op, body)
+	frame := wsframe.Prepare(op, body)
 	list := selectTunnels(f.match)
-	failed := forEachTunnel(list, func(t *tunnel) error { return t.writePrepared(frame) })
+	failed := forEachTunnel(list, func(t *tunnel) error { return t.WritePrepared(frame) })
 	return writeJSON(w, sentResult{Sent: len(list) - failed, Failed: failed})
 }
 
@@ -328,12 +332,12 @@ func (a *adminAPI) ping(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	payload, err := readBody(w, r, maxControlPayload)
+	payload, err := readBody(w, r, wsframe.MaxControlPayload)
 	if err != nil {
 		return err
 	}
 	list := selectTunnels(f.match)
-	failed := forEachTunnel(list, func(t *tunnel) error { return t.ping(payload) })
+	failed := forEachTunnel(list, func(t *tunnel) error { return t.Ping(payload) })
 	return writeJSON(w, sentResult{Sent: len(list) - failed, Failed: failed})
 }
 
@@ -373,7 +377,7 @@ func (a *adminAPI) upstreams(w http.ResponseWriter, r *http.Request) error {
 // disconnect closes the tunnels with 1001, their upstreams at once.
 func disconnect(list []*tunnel) {
 	forEachTunnel(list, func(t *tunnel) error {
-		t.terminate(closeGoingAway, adminCloseReason)
+		t.Terminate(wsframe.CloseGoingAway, adminCloseReason)
 		return nil
 	})
 }
@@ -450,14 +454,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // readMessage reads the body of send or broadcast: a text message for a
 // text/* Content-Type (whose body must be UTF-8), else a binary one.
 func readMessage(w http.ResponseWriter, r *http.Request) (byte, []byte, error) {
-	op := byte(opBinary)
+	op := byte(wsframe.OpBinary)
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, params, err := mime.ParseMediaType(ct)
 		if err != nil {
 			return 0, nil, apiError(http.StatusBadRequest, "invalid Content-Type %q: %v", ct, err)
 		}
 		if strings.HasPrefix(mt, "text/") {
-			op = opText
+			op = wsframe.OpText
 			if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "us-ascii") {
 				return 0, nil, apiError(http.StatusBadRequest, "charset %q: a text message must be UTF-8", cs)
 			}
@@ -467,7 +471,7 @@ func readMessage(w http.ResponseWriter, r *http.Request) (byte, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if op == opText && !utf8.Valid(body) {
+	if op == wsframe.OpText && !utf8.Valid(body) {
 		return 0, nil, apiError(http.StatusBadRequest, "the body is not valid UTF-8, which a text message must be; send it as binary (e.g. Content-Type: application/octet-stream)")
 	}
 	return op, body, nil

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
 )
 
 // admin sends a request to the admin endpoint and returns the status, the
@@ -720,11 +722,14 @@ func TestAdminList9000Fast(t *testing.T) {
 	const n = 9000
 	fakes := make([]*tunnel, n)
 	now := time.Now()
+	cfg := &relay.Config{BufferSize: 512, WriteTimeout: time.Second}
+	cfg.Prepare()
+	idle := relay.New(cfg, nil, nil, false) // listed, never started
 	tunnels.Lock()
 	for i := range fakes {
 		tn := &tunnel{id: newConnID(), remote: "192.0.2.1", user: fmt.Sprintf("user%d", i%100),
 			upstream: up.addr, channel: fmt.Sprintf("room-%d", i%50), started: now.Add(time.Duration(i) * time.Millisecond)}
-		tn.bytesIn.Store(int64(i))
+		tn.Tunnel = idle
 		fakes[i] = tn
 		tunnels.m[tn.id] = tn
 	}

@@ -2,7 +2,6 @@ package wstotcp
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -47,17 +48,17 @@ func TestOutcome(t *testing.T) {
 		by   string
 		want string
 	}{
-		{1000, byClient, "client"},
-		{4001, byClient, "client"},
-		{1000, byUpstream, "upstream"},
-		{1001, byServer, "server"},
-		{1008, byServer, "server"},
-		{1014, byUpstream, "error"},
-		{1006, byClient, "error"},
-		{1007, byClient, "error"},
-		{1009, byClient, "error"},
-		{1011, byServer, "error"},
-		{1002, byClient, "error"},
+		{1000, relay.ByClient, "client"},
+		{4001, relay.ByClient, "client"},
+		{1000, relay.ByUpstream, "upstream"},
+		{1001, relay.ByServer, "server"},
+		{1008, relay.ByServer, "server"},
+		{1014, relay.ByUpstream, "error"},
+		{1006, relay.ByClient, "error"},
+		{1007, relay.ByClient, "error"},
+		{1009, relay.ByClient, "error"},
+		{1011, relay.ByServer, "error"},
+		{1002, relay.ByClient, "error"},
 		{1000, "somebody", "other"},
 	} {
 		if got := outcome(tc.code, tc.by); got != tc.want {
@@ -134,50 +135,20 @@ func TestChannelCaddyfile(t *testing.T) {
 	}
 }
 
-// prepareFrame makes a final, unmasked frame with the shortest length
-// encoding.
-func TestPrepareFrame(t *testing.T) {
-	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20} {
-		p := make([]byte, n)
-		for i := range p {
-			p[i] = byte(i)
-		}
-		f := prepareFrame(opText, p)
-		if f[0] != 0x80|opText || f[1]&0x80 != 0 {
-			t.Fatalf("%d: header % x", n, f[:2])
-		}
-		var length, hs int
-		switch l := int(f[1]); {
-		case l < 126:
-			length, hs = l, 2
-		case l == 126:
-			length, hs = int(binary.BigEndian.Uint16(f[2:])), 4
-		default:
-			length, hs = int(binary.BigEndian.Uint64(f[2:])), 10
-		}
-		wantHS := 2
-		if n >= 126 {
-			wantHS = 4
-		}
-		if n >= 1<<16 {
-			wantHS = 10
-		}
-		if length != n || hs != wantHS || len(f) != hs+n || string(f[hs:]) != string(p) {
-			t.Fatalf("%d: length %d, header %d bytes, frame %d bytes", n, length, hs, len(f))
-		}
-	}
-}
-
 // forEachTunnel visits each tunnel once, counts failures, and survives a
 // panic.
 func TestForEachTunnel(t *testing.T) {
 	list := make([]*tunnel, 100)
 	for i := range list {
-		list[i] = &tunnel{id: string(rune('a' + i%26)), msgsOut: atomic.Int64{}}
+		list[i] = &tunnel{id: string(rune('a' + i%26))}
+	}
+	visits := make(map[*tunnel]*atomic.Int64, len(list))
+	for _, tn := range list {
+		visits[tn] = new(atomic.Int64)
 	}
 	var calls atomic.Int64
 	failed := forEachTunnel(list, func(tn *tunnel) error {
-		if calls.Add(1); tn.msgsOut.Add(1) > 1 {
+		if calls.Add(1); visits[tn].Add(1) > 1 {
 			t.Error("visited twice")
 		}
 		if tn.id == "b" {

@@ -67,12 +67,14 @@ func (h *Handler) emitConnect(t *tunnel) {
 			"upstream":    t.upstream,
 			"subprotocol": t.subprotocol,
 			"channel":     t.channel,
+			"transport":   t.transport,
 		}
 	})
 }
 
 func (h *Handler) emitDisconnect(t *tunnel, d time.Duration) {
 	h.emit(eventDisconnect, func() map[string]any {
+		s := t.Stats()
 		return map[string]any{
 			"conn_id":      t.id,
 			"remote_ip":    t.remote,
@@ -81,12 +83,13 @@ func (h *Handler) emitDisconnect(t *tunnel, d time.Duration) {
 			"subprotocol":  t.subprotocol,
 			"channel":      t.channel,
 			"duration":     d.Seconds(),
-			"bytes_in":     t.bytesIn.Load(),
-			"bytes_out":    t.bytesOut.Load(),
-			"messages_in":  t.msgsIn.Load(),
-			"messages_out": t.msgsOut.Load(),
-			"close_code":   t.closeCode,
-			"closed_by":    t.closedBy,
+			"transport":    t.transport,
+			"bytes_in":     s.BytesIn,
+			"bytes_out":    s.BytesOut,
+			"messages_in":  s.MessagesIn,
+			"messages_out": s.MessagesOut,
+			"close_code":   t.end.Code,
+			"closed_by":    t.end.By,
 		}
 	})
 }

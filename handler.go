@@ -58,7 +58,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return err // 502 or 504, logged by Caddy with the reason
 	}
 
-	t := newTunnel(h, up, u.Dial, subprotocol, clientIP(r))
+	t := newTunnel(h, u.Dial, subprotocol, clientIP(r))
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl != nil {
 		repl.Set("http.ws_to_tcp.conn_id", t.id)
@@ -82,7 +82,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	t.release, adm.release = adm.release, nil
-	t.start(ws.UnderlyingConn())
+	t.start(ws.UnderlyingConn(), up)
 	return nil // the connection is hijacked: there is no response to write
 }
 

@@ -7,6 +7,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // Metrics, on Caddy's registry (served by the admin endpoint's /metrics and
@@ -66,7 +69,7 @@ const (
 
 func init() {
 	// The outcomes show from the start, at 0.
-	for _, o := range []string{byClient, byUpstream, byServer, outcomeError} {
+	for _, o := range []string{relay.ByClient, relay.ByUpstream, relay.ByServer, outcomeError} {
 		connectionsTotal.WithLabelValues(o)
 	}
 }
@@ -75,11 +78,11 @@ func init() {
 // close code whoever sent it, else who closed.
 func outcome(code int, closedBy string) string {
 	switch code {
-	case closeProtocolError, closeAbnormal, closeInvalidPayload, closeMessageTooBig, closeInternalError, closeBadGateway:
+	case wsframe.CloseProtocolError, wsframe.CloseAbnormal, wsframe.CloseInvalidPayload, wsframe.CloseMessageTooBig, wsframe.CloseInternalError, wsframe.CloseBadGateway:
 		return outcomeError
 	}
 	switch closedBy {
-	case byClient, byUpstream, byServer:
+	case relay.ByClient, relay.ByUpstream, relay.ByServer:
 		return closedBy
 	}
 	return outcomeOther

@@ -5,10 +5,8 @@ package wstotcp
 
 import (
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -19,6 +17,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 func init() {
@@ -240,16 +241,13 @@ type Handler struct {
 	logger      *zap.Logger
 	events      *caddyevents.App // nil without an events app
 	upgrader    websocket.Upgrader
-	bufPool     *sync.Pool // *[]byte of headroom+BufferSize, lent to the pumps
-	b64Pool     *sync.Pool // *[]byte for base64-encoded messages
+	relay       *relay.Config // how this handler's tunnels relay; built once, read by them
 	upstreamTLS *tls.Config
-	origins     *originPolicy  // nil: the default rule
-	auth        *authenticator // nil without an auth block
-	limits      *connLimits    // nil without limits
-	lb          *balancer      // upstream pool, policy, health; see loadbalancer.go
-	// heartbeatFrame is HeartbeatText framed once at provision.
-	heartbeatFrame []byte
-	targets        *targetResolver // nil without targets or placeholders in to
+	origins     *originPolicy   // nil: the default rule
+	auth        *authenticator  // nil without an auth block
+	limits      *connLimits     // nil without limits
+	lb          *balancer       // upstream pool, policy, health; see loadbalancer.go
+	targets     *targetResolver // nil without targets or placeholders in to
 }
 
 // CaddyModule returns the Caddy module information.
@@ -278,9 +276,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.HeartbeatInterval > 0 && h.HeartbeatTimeout == 0 {
 		h.HeartbeatTimeout = h.HeartbeatInterval
 	}
-	if h.HeartbeatText != "" {
-		h.heartbeatFrame = prepareFrame(opText, []byte(h.HeartbeatText))
-	}
 
 	for i, u := range h.Upstreams {
 		if u == nil {
@@ -301,10 +296,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.upstreamTLS = cfg
 	}
 
-	size := headroom + h.BufferSize
-	h.bufPool = &sync.Pool{New: func() any { b := make([]byte, size); return &b }}
-	b64Size := headroom + base64.StdEncoding.EncodedLen(h.BufferSize)
-	h.b64Pool = &sync.Pool{New: func() any { b := make([]byte, b64Size); return &b }}
+	h.relay = &relay.Config{
+		BufferSize:        h.BufferSize,
+		WriteTimeout:      time.Duration(h.WriteTimeout),
+		MaxMessageSize:    h.MaxMessageSize,
+		ValidateUTF8:      h.ValidateUTF8,
+		Text:              h.MessageType == "text",
+		HeartbeatInterval: time.Duration(h.HeartbeatInterval),
+		HeartbeatTimeout:  time.Duration(h.HeartbeatTimeout),
+		HeartbeatText:     h.HeartbeatText,
+		IdleTimeout:       time.Duration(h.IdleTimeout),
+	}
+	if th := h.Throttle; th != nil {
+		h.relay.ReadRate, h.relay.WriteRate, h.relay.Burst = th.Read, th.Write, th.Burst
+	}
+	h.relay.Prepare()
 	h.upgrader = websocket.Upgrader{
 		// Admission checked the origin before the upstream was dialled; by
 		// the time gorilla asks, the answer is yes.
@@ -378,10 +384,10 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	switch {
 	case caddy.Exiting():
-		closeTunnels(nil, websocket.CloseGoingAway, "server shutting down")
+		closeTunnels(nil, wsframe.CloseGoingAway, "server shutting down")
 	case h.ReloadCloseAfter > 0:
 		time.AfterFunc(time.Duration(h.ReloadCloseAfter), func() {
-			closeTunnels(h, websocket.CloseGoingAway, "configuration reloaded")
+			closeTunnels(h, wsframe.CloseGoingAway, "configuration reloaded")
 		})
 	}
 	h.cleanupTargets()

@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"crypto/rand"
 	"encoding/base32"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -14,6 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
 )
 
 // tunnels holds every open tunnel of the process, whichever configuration
@@ -36,10 +39,11 @@ type traffic struct {
 }
 
 func (a *traffic) add(t *tunnel) {
-	a.bytesIn += t.bytesIn.Load()
-	a.bytesOut += t.bytesOut.Load()
-	a.msgsIn += t.msgsIn.Load()
-	a.msgsOut += t.msgsOut.Load()
+	s := t.Stats()
+	a.bytesIn += s.BytesIn
+	a.bytesOut += s.BytesOut
+	a.msgsIn += s.MessagesIn
+	a.msgsOut += s.MessagesOut
 }
 
 // register adds a started tunnel, before its pumps run, and announces it:
@@ -59,28 +63,26 @@ func unregister(t *tunnel) {
 		tunnels.ended.add(t)
 	}
 	tunnels.Unlock()
-	connectionsTotal.WithLabelValues(outcome(t.closeCode, t.closedBy)).Inc()
+	connectionsTotal.WithLabelValues(outcome(t.end.Code, t.end.By)).Inc()
 }
 
-// findTunnel returns the open tunnel with this id, or nil. A tunnel that
-// is closing counts as gone.
+// findTunnel returns the tunnel with this id, open or closing, or nil.
 func findTunnel(id string) *tunnel {
 	tunnels.Lock()
 	t := tunnels.m[id]
 	tunnels.Unlock()
-	if t == nil || t.ending.Load() {
-		return nil
-	}
 	return t
 }
 
-// selectTunnels returns the open tunnels for which match is true (all for
-// a nil match), oldest first. Tunnels that are closing are left out.
+// selectTunnels returns the tunnels, open or closing, for which match is
+// true (all for a nil match), oldest first. A closing tunnel stays listed
+// until both its sides are closed, so that nothing holds sockets or slots
+// out of the admin API's sight.
 func selectTunnels(match func(*tunnel) bool) []*tunnel {
 	tunnels.Lock()
 	list := make([]*tunnel, 0, len(tunnels.m))
 	for _, t := range tunnels.m {
-		if !t.ending.Load() && (match == nil || match(t)) {
+		if match == nil || match(t) {
 			list = append(list, t)
 		}
 	}
@@ -95,11 +97,12 @@ func selectTunnels(match func(*tunnel) bool) []*tunnel {
 }
 
 // closeTunnels terminates the tunnels started by h, or all tunnels when h is
-// nil, and returns how many it closed.
+// nil, and returns how many it closed. Those already closing are closed at
+// once.
 func closeTunnels(h *Handler, code int, reason string) int {
 	list := selectTunnels(func(t *tunnel) bool { return h == nil || t.h == h })
 	forEachTunnel(list, func(t *tunnel) error {
-		t.terminate(code, reason)
+		t.Terminate(code, reason)
 		return nil
 	})
 	return len(list)
@@ -160,6 +163,14 @@ func newConnID() string {
 // disconnect event.
 func (h *Handler) logClosed(t *tunnel) {
 	d := time.Since(t.started)
+	s := t.Stats()
+	var perr *relay.PanicError
+	if errors.As(t.end.Err, &perr) {
+		h.logger.Error("panic in relay; tunnel closed with 1011",
+			zap.String("conn_id", t.id),
+			zap.String("panic", fmt.Sprint(perr.Value)),
+			zap.ByteString("stack", perr.Stack))
+	}
 	h.logger.Info("tunnel closed",
 		zap.String("conn_id", t.id),
 		zap.String("remote_ip", t.remote),
@@ -168,20 +179,14 @@ func (h *Handler) logClosed(t *tunnel) {
 		zap.String("subprotocol", t.subprotocol),
 		zap.String("channel", t.channel),
 		zap.Duration("duration", d),
-		zap.Int64("bytes_in", t.bytesIn.Load()),
-		zap.Int64("bytes_out", t.bytesOut.Load()),
-		zap.Int64("messages_in", t.msgsIn.Load()),
-		zap.Int64("messages_out", t.msgsOut.Load()),
-		zap.Int("close_code", t.closeCode),
-		zap.String("closed_by", t.closedBy),
-		zap.NamedError("reason", t.closeErr),
+		zap.String("transport", t.transport),
+		zap.Int64("bytes_in", s.BytesIn),
+		zap.Int64("bytes_out", s.BytesOut),
+		zap.Int64("messages_in", s.MessagesIn),
+		zap.Int64("messages_out", s.MessagesOut),
+		zap.Int("close_code", t.end.Code),
+		zap.String("closed_by", t.end.By),
+		zap.NamedError("reason", t.end.Err),
 	)
 	h.emitDisconnect(t, d)
-}
-
-func (h *Handler) logPanic(t *tunnel, v any) {
-	h.logger.Error("panic in relay; tunnel closed",
-		zap.String("conn_id", t.id),
-		zap.String("panic", fmt.Sprint(v)),
-		zap.ByteString("stack", debug.Stack()))
 }

@@ -152,3 +152,37 @@ func BenchmarkUnmask(b *testing.B) {
 		Unmask(buf, buf, [4]byte{1, 2, 3, 4}, 0)
 	}
 }
+
+// Prepare makes a final, unmasked frame with the shortest length
+// encoding.
+func TestPrepare(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20} {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i)
+		}
+		f := Prepare(OpText, p)
+		if f[0] != 0x80|OpText || f[1]&0x80 != 0 {
+			t.Fatalf("%d: header % x", n, f[:2])
+		}
+		var length, hs int
+		switch l := int(f[1]); {
+		case l < 126:
+			length, hs = l, 2
+		case l == 126:
+			length, hs = int(binary.BigEndian.Uint16(f[2:])), 4
+		default:
+			length, hs = int(binary.BigEndian.Uint64(f[2:])), 10
+		}
+		wantHS := 2
+		if n >= 126 {
+			wantHS = 4
+		}
+		if n >= 1<<16 {
+			wantHS = 10
+		}
+		if length != n || hs != wantHS || len(f) != hs+n || string(f[hs:]) != string(p) {
+			t.Fatalf("%d: length %d, header %d bytes, frame %d bytes", n, length, hs, len(f))
+		}
+	}
+}

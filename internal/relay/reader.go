@@ -1,8 +1,7 @@
-package wstotcp
+package relay
 
 import (
 	"io"
-	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -15,7 +14,7 @@ import (
 // does. A connection without a file descriptor (TLS) borrows the buffer
 // before it blocks instead.
 type socketReader struct {
-	conn net.Conn
+	conn io.Reader
 	rc   syscall.RawConn // nil when conn has no file descriptor
 	pool *sync.Pool      // of *[]byte
 
@@ -31,7 +30,7 @@ type socketReader struct {
 	readFn func(fd uintptr) bool
 }
 
-func newSocketReader(conn net.Conn, pool *sync.Pool) *socketReader {
+func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
 	s := &socketReader{conn: conn, pool: pool}
 	if sc, ok := conn.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {

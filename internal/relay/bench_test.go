@@ -1,4 +1,4 @@
-package wstotcp
+package relay
 
 import (
 	"encoding/binary"
@@ -6,49 +6,22 @@ import (
 	"io"
 	"net"
 	"testing"
-
-	"go.uber.org/zap"
 )
 
 // The pumps' microbenchmarks: a tunnel between two loopback TCP pairs,
 // with no Caddy in front, next to a plain relay (a goroutine pair with a
 // 32 KiB buffer each way) over the same sockets. Run with
 //
-//	go test -run XXX -bench Pump -benchmem .
+//	go test -run XXX -bench Pump -benchmem ./internal/relay
 //
 // allocs/op is per message: 0 in the steady state.
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(b testing.TB) (net.Conn, net.Conn) {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := <-accepted
-	b.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
 
 // benchTunnel starts a tunnel and returns the client's and the upstream's
 // ends of it.
 func benchTunnel(b *testing.B) (client, upstream net.Conn) {
-	h := provisioned(b, `{"upstreams": [{"dial": "127.0.0.1:9"}]}`)
-	h.logger = zap.NewNop()
 	client, clientSide := tcpPair(b)
 	upSide, upstream := tcpPair(b)
-	t := newTunnel(h, upSide, "bench", "", "127.0.0.1")
-	t.start(clientSide)
+	started(testConfig(nil), clientSide, upSide, false)
 	return client, upstream
 }
 

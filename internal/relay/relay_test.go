@@ -1,13 +1,12 @@
-package wstotcp
+package relay
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // panickyConn is an upstream whose Read panics: a bug in the relay's
@@ -19,12 +18,10 @@ func (panickyConn) Read([]byte) (int, error) { panic("boom") }
 // A panic in a pump closes that tunnel with 1011 and its upstream, and
 // leaves the server running.
 func TestPanicInPumpCloses1011(t *testing.T) {
-	h := provisioned(t, `{"upstreams": [{"dial": "127.0.0.1:9"}]}`)
-	h.logger = zap.NewNop()
+	t.Parallel()
 	client, clientSide := tcpPair(t)
 	upSide, upstream := tcpPair(t)
-	tn := newTunnel(h, panickyConn{upSide}, "test", "", "127.0.0.1")
-	tn.start(clientSide)
+	_, ended := started(testConfig(nil), clientSide, panickyConn{upSide}, false)
 
 	client.SetReadDeadline(time.Now().Add(ioTimeout))
 	want := append([]byte{0x88, 16, 0x03, 0xF3}, "internal error"...)
@@ -37,5 +34,9 @@ func TestPanicInPumpCloses1011(t *testing.T) {
 		t.Fatal("the upstream was not closed")
 	}
 	client.Close()
-	waitNoTunnels(t)
+	e := <-ended
+	var perr *PanicError
+	if e.Code != 1011 || e.By != ByServer || !errors.As(e.Err, &perr) || perr.Value != "boom" || len(perr.Stack) == 0 {
+		t.Fatalf("ended %+v, want 1011 by the server with the panic", e)
+	}
 }

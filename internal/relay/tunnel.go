@@ -1,0 +1,340 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
+)
+
+// Conn is the client side of a tunnel: a stream carrying RFC 6455 frames
+// both ways. A hijacked HTTP/1.1 connection is one (and gets the socket
+// fast path: buffers lent only once data is readable); an HTTP/2 or
+// HTTP/3 stream is another. Write has sent its bytes when it returns, and
+// a deadline interrupts a blocked Read or Write.
+type Conn interface {
+	io.ReadWriteCloser
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+}
+
+// Who ended a tunnel, as logs and events report it.
+const (
+	ByClient   = "client"
+	ByUpstream = "upstream"
+	ByServer   = "server"
+)
+
+// End is how a tunnel ended: the close code sent to (or received from) the
+// client, which side ended it, and why.
+type End struct {
+	Code int
+	By   string
+	Err  error // nil for a clean close; a *PanicError for a bug
+}
+
+// PanicError is the End.Err of a tunnel whose pump panicked: the tunnel
+// was closed with 1011 and the server goes on.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return "internal error" }
+
+// Stats is what a tunnel relayed: bytes and messages each way (in: client
+// to upstream). Injected messages and control frames are not counted.
+type Stats struct {
+	BytesIn, BytesOut, MessagesIn, MessagesOut int64
+}
+
+var (
+	// ErrClosing is returned by Send, WritePrepared and Ping for a tunnel
+	// that is closing.
+	ErrClosing          = errors.New("tunnel closing")
+	errEnding           = errors.New("tunnel ending")
+	ErrWriteLockTimeout = errors.New("timed out waiting to write to the client")
+	errInvalidUTF8      = &wsframe.CloseError{Code: wsframe.CloseInvalidPayload, Reason: "invalid UTF-8 in text message"}
+)
+
+// upstreamError marks an error of the upstream side.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// clientClose is the client's Close frame.
+type clientClose struct{ code int }
+
+func (e *clientClose) Error() string { return "client sent Close" }
+
+// Tunnel relays one client to one upstream.
+type Tunnel struct {
+	cfg      *Config
+	client   Conn
+	up       net.Conn
+	clientRd *socketReader
+	upRd     *socketReader
+	base64   bool // websockify's base64 subprotocol
+	opcode   byte // of messages to the client
+	started  time.Time
+
+	bytesIn, bytesOut, msgsIn, msgsOut atomic.Int64
+
+	// The one write path to the client (writer.go).
+	writeLock   chan struct{} // one frame writer at a time; a channel, to wait with a timeout
+	closeSent   bool          // under writeLock
+	writeBroke  bool          // under writeLock: a write failed midway, the stream is unusable
+	deadlineSet time.Time     // under writeLock: when the write deadline was last moved
+	upDeadline  time.Time     // client pump only: when the upstream write deadline was last moved
+
+	endOnce  sync.Once
+	ending   atomic.Bool
+	end      End           // set once, by the first decide
+	done     chan struct{} // closed by the first decide
+	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
+	pumps    atomic.Int32  // pumps still running; the last one finishes
+	finished chan struct{} // closed when the tunnel has ended and onEnd returned
+	onEnd    func(End)
+
+	// Heartbeat, idle timeout and throttle (timers.go); nil or zero when off.
+	hbTimer, idleTimer *time.Timer
+	pingAt, nextPing   int64        // oldest unanswered ping, next ping due (since start); heartbeat timer only
+	lastHeard          atomic.Int64 // when the client last sent anything (since start)
+	lastData           atomic.Int64 // when data last went either way (since start)
+	readLim, writeLim  *limiter     // client to upstream, upstream to client
+}
+
+// New returns a tunnel between client and up, not started. base64 is
+// websockify's base64 subprotocol (text frames carrying base64 both ways).
+func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
+	t := &Tunnel{
+		cfg:       cfg,
+		client:    client,
+		up:        up,
+		base64:    base64,
+		opcode:    wsframe.OpBinary,
+		started:   time.Now(),
+		writeLock: make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		finished:  make(chan struct{}),
+	}
+	if cfg.Text || base64 {
+		t.opcode = wsframe.OpText
+	}
+	t.readLim = newLimiter(cfg.ReadRate, cfg.Burst, cfg.BufferSize)
+	t.writeLim = newLimiter(cfg.WriteRate, cfg.Burst, cfg.BufferSize)
+	t.clientRd = newSocketReader(client, cfg.bufs)
+	t.upRd = newSocketReader(up, cfg.bufs)
+	return t
+}
+
+// Start relays on two goroutines of its own, so that the caller's
+// goroutine (the HTTP server's, with its buffers and deep stack) is freed
+// for the tunnel's life. onEnd runs once, when both pumps have ended and
+// both sides are closed.
+func (t *Tunnel) Start(onEnd func(End)) {
+	t.onEnd = onEnd
+	t.startTimers()
+	t.pumps.Store(2)
+	go t.runClientPump()
+	go t.runUpstreamPump()
+}
+
+// Run relays like Start, with the upstream pump on the caller's goroutine,
+// and returns once the tunnel has ended and onEnd returned: for a client
+// stream that lives only as long as its handler runs (HTTP/2, HTTP/3).
+func (t *Tunnel) Run(onEnd func(End)) {
+	t.onEnd = onEnd
+	t.startTimers()
+	t.pumps.Store(2)
+	go t.runClientPump()
+	t.runUpstreamPump()
+	<-t.finished
+}
+
+func (t *Tunnel) runClientPump() {
+	defer t.pumpDone()
+	defer t.recoverPump()
+	t.clientEnded(t.clientToUpstream())
+}
+
+func (t *Tunnel) runUpstreamPump() {
+	defer t.pumpDone()
+	defer t.recoverPump()
+	t.upstreamEnded(t.upstreamToClient())
+}
+
+// Started is when the tunnel was made.
+func (t *Tunnel) Started() time.Time { return t.started }
+
+// Stats returns the traffic so far.
+func (t *Tunnel) Stats() Stats {
+	return Stats{t.bytesIn.Load(), t.bytesOut.Load(), t.msgsIn.Load(), t.msgsOut.Load()}
+}
+
+// Ending reports whether the tunnel has begun to close.
+func (t *Tunnel) Ending() bool { return t.ending.Load() }
+
+// Done is closed when the tunnel begins to close.
+func (t *Tunnel) Done() <-chan struct{} { return t.done }
+
+// pumpDone finishes the tunnel when the second pump ends.
+func (t *Tunnel) pumpDone() {
+	if t.pumps.Add(-1) > 0 {
+		return
+	}
+	t.stopTimers()
+	if t.reaper != nil {
+		t.reaper.Stop()
+	}
+	t.up.Close()
+	t.client.Close()
+	if t.onEnd != nil {
+		t.onEnd(t.end)
+	}
+	close(t.finished)
+}
+
+// recoverPump turns a panic in a pump into a 1011 close of its tunnel
+// instead of the end of the whole server.
+func (t *Tunnel) recoverPump() {
+	if v := recover(); v != nil {
+		if t.decide(wsframe.CloseInternalError, ByServer, &PanicError{Value: v, Stack: debug.Stack()}) {
+			t.sendClose(wsframe.CloseInternalError, "internal error")
+		}
+		t.closeBoth()
+	}
+}
+
+// decide records how the tunnel ends; only the first call counts, and its
+// caller acts on it. From then on, the tunnel has write_timeout plus the
+// closing grace to finish: a peer that neither reads nor closes cannot pin
+// it.
+func (t *Tunnel) decide(code int, by string, err error) bool {
+	first := false
+	t.endOnce.Do(func() {
+		t.end = End{Code: code, By: by, Err: err}
+		t.ending.Store(true)
+		close(t.done)
+		t.reaper = time.AfterFunc(t.cfg.WriteTimeout+t.cfg.CloseGrace, t.closeBoth)
+		first = true
+	})
+	return first
+}
+
+// closeBoth closes both sides at once: every blocked read and write of the
+// pumps returns.
+func (t *Tunnel) closeBoth() {
+	t.up.Close()
+	t.client.Close()
+}
+
+// fail ends the tunnel on a broken side: nothing more can be said to the
+// client, so both sides close at once.
+func (t *Tunnel) fail(code int, by string, err error) {
+	t.decide(code, by, err)
+	t.closeBoth()
+}
+
+// clientEnded acts on the end of the client pump, when it is the tunnel's
+// first end.
+func (t *Tunnel) clientEnded(err error) {
+	var cc *clientClose
+	var ce *wsframe.CloseError
+	var ue *upstreamError
+	switch {
+	case errors.As(err, &cc):
+		if !t.decide(cc.code, ByClient, nil) {
+			return
+		}
+		// All client data is written: half-close the upstream so that it
+		// reads EOF after the last byte, echo the Close, and let the
+		// upstream pump drain what the upstream still sends until it
+		// closes too (closing with unread input would send an RST).
+		closeWrite(t.up)
+		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		t.sendClose(cc.code, "")
+		t.client.Close()
+	case errors.As(err, &ue), errors.As(err, &ce):
+		code, reason, by := wsframe.CloseBadGateway, "bad gateway", ByUpstream
+		if ce != nil {
+			code, reason, by = ce.Code, ce.Reason, ByClient
+		}
+		if !t.decide(code, by, err) {
+			return
+		}
+		t.sendClose(code, reason)
+		t.up.Close()
+		t.lingerClose()
+	default: // the client vanished, or its read deadline passed
+		t.fail(wsframe.CloseAbnormal, ByClient, err)
+	}
+}
+
+// upstreamEnded acts on the end of the upstream pump, when it is the
+// tunnel's first end.
+func (t *Tunnel) upstreamEnded(err error) {
+	var ue *upstreamError
+	if !errors.As(err, &ue) {
+		// Writing to the client failed: it vanished, or accepted nothing
+		// for write_timeout.
+		t.fail(wsframe.CloseAbnormal, ByClient, err)
+		return
+	}
+	code, reason := wsframe.CloseNormal, ""
+	if !errors.Is(err, io.EOF) {
+		code, reason = wsframe.CloseBadGateway, "bad gateway"
+	}
+	if !t.decide(code, ByUpstream, err) {
+		return
+	}
+	// Every byte read is written. Close, and give the client pump the
+	// grace period to receive the client's Close (or the last client data).
+	t.sendClose(code, reason)
+	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+}
+
+// Terminate ends the tunnel from the server's side (reload, stop, admin)
+// with a Close frame of code and reason. A tunnel already closing is closed
+// at once: whatever it waits for, the server wants it gone.
+func (t *Tunnel) Terminate(code int, reason string) {
+	if !t.terminate(code, reason) {
+		t.closeBoth()
+	}
+}
+
+// terminate ends the tunnel from the server's side, unless it is already
+// closing, and reports whether it did.
+func (t *Tunnel) terminate(code int, reason string) bool {
+	if !t.decide(code, ByServer, errors.New(reason)) {
+		return false
+	}
+	t.sendClose(code, reason)
+	t.up.Close()
+	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	return true
+}
+
+// lingerClose closes the client after the server's Close frame, once the
+// client has closed too or the grace has passed: closing a socket with
+// unread input sends an RST, which can destroy the Close frame before the
+// client reads it.
+func (t *Tunnel) lingerClose() {
+	closeWrite(t.client)
+	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	io.Copy(io.Discard, t.client)
+	t.client.Close()
+}
+
+// closeWrite half-closes a connection that supports it (TCP, Unix, TLS).
+func closeWrite(c any) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}

@@ -1,0 +1,65 @@
+package wstotcp
+
+import (
+	"net"
+	"time"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
+)
+
+// tunnel is one relayed client as the rest of the module sees it: the
+// relay's tunnel, and who it is, where it goes and how it came, for the
+// admin API, events, logs and metrics.
+type tunnel struct {
+	*relay.Tunnel // nil until started
+
+	h           *Handler
+	id          string
+	remote      string
+	user        string
+	upstream    string
+	subprotocol string
+	channel     string
+	transport   string // http/1.1, h2 or h3
+	started     time.Time
+	release     func() // gives back the handshake's slots; called once, when the tunnel ends
+	end         relay.End
+}
+
+func newTunnel(h *Handler, upstream, subprotocol, remote string) *tunnel {
+	return &tunnel{
+		h:           h,
+		id:          newConnID(),
+		upstream:    upstream,
+		subprotocol: subprotocol,
+		remote:      remote,
+		transport:   "http/1.1",
+		started:     time.Now(),
+	}
+}
+
+// start relays client to up on goroutines of the relay's; the caller's
+// goroutine is free once it returns.
+func (t *tunnel) start(client relay.Conn, up net.Conn) {
+	t.Tunnel = relay.New(t.h.relay, client, up, t.subprotocol == "base64")
+	register(t)
+	t.Tunnel.Start(t.ended)
+}
+
+// ended is the tunnel's one exit: it runs once, when both sides are closed.
+func (t *tunnel) ended(e relay.End) {
+	t.end = e
+	unregister(t)
+	if t.release != nil {
+		t.release()
+	}
+	t.h.logClosed(t)
+}
+
+// state is what the admin API shows of a tunnel's life.
+func (t *tunnel) state() string {
+	if t.Ending() {
+		return "closing"
+	}
+	return "open"
+}
