@@ -97,15 +97,21 @@ func selectTunnels(match func(*tunnel) bool) []*tunnel {
 }
 
 // closeTunnels terminates the tunnels started by h, or all tunnels when h is
-// nil, and returns how many it closed. Those already closing are closed at
-// once.
+// nil, and returns how many were open.
 func closeTunnels(h *Handler, code int, reason string) int {
-	list := selectTunnels(func(t *tunnel) bool { return h == nil || t.h == h })
-	forEachTunnel(list, func(t *tunnel) error {
-		t.Terminate(code, reason)
+	return closeEach(selectTunnels(func(t *tunnel) bool { return h == nil || t.h == h }), code, reason)
+}
+
+// closeEach terminates the tunnels and returns how many were open; those
+// already closing are closed at once, and not counted.
+func closeEach(list []*tunnel, code int, reason string) int {
+	closing := forEachTunnel(list, func(t *tunnel) error {
+		if !t.Terminate(code, reason) {
+			return relay.ErrClosing
+		}
 		return nil
 	})
-	return len(list)
+	return len(list) - closing
 }
 
 // maxParallelWrites bounds the goroutines that write to many clients at

@@ -301,12 +301,15 @@ func (t *Tunnel) upstreamEnded(err error) {
 }
 
 // Terminate ends the tunnel from the server's side (reload, stop, admin)
-// with a Close frame of code and reason. A tunnel already closing is closed
-// at once: whatever it waits for, the server wants it gone.
-func (t *Tunnel) Terminate(code int, reason string) {
+// with a Close frame of code and reason, and reports whether it was open.
+// A tunnel already closing is closed at once: whatever it waits for, the
+// server wants it gone.
+func (t *Tunnel) Terminate(code int, reason string) bool {
 	if !t.terminate(code, reason) {
 		t.closeBoth()
+		return false
 	}
+	return true
 }
 
 // terminate ends the tunnel from the server's side, unless it is already
