@@ -11,8 +11,9 @@ import (
 // moment data is there, so that a tunnel waiting for data holds no buffer:
 // thousands of idle tunnels cost their goroutines and little else. It
 // waits for readability through the runtime's poller, as net.Conn.Read
-// does. A connection without a file descriptor (TLS) borrows the buffer
-// before it blocks instead.
+// does. A stream without a file descriptor (a TLS upstream, an HTTP/2 or
+// HTTP/3 client stream) cannot be asked whether data is there: see
+// readStream.
 type socketReader struct {
 	conn io.Reader
 	rc   syscall.RawConn // nil when conn has no file descriptor
@@ -28,6 +29,11 @@ type socketReader struct {
 	n      int
 	errno  error
 	readFn func(fd uintptr) bool
+
+	// Streams without a file descriptor only.
+	probe []byte // where a read that may wait lands; allocated at first use
+	busy  bool   // the last read filled a probe's worth: read straight into a buffer
+
 }
 
 func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
@@ -72,15 +78,7 @@ func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
 // the result is nil.
 func (s *socketReader) read(bp *[]byte, off, end int, lend bool) (*[]byte, int, error) {
 	if s.rc == nil {
-		if bp == nil {
-			bp = s.pool.Get().(*[]byte)
-		}
-		p := (*bp)[off:]
-		if end > 0 {
-			p = (*bp)[off:end]
-		}
-		n, err := s.conn.Read(p)
-		return bp, n, err
+		return s.readStream(bp, off, end, lend)
 	}
 	s.bp, s.off, s.end, s.lent, s.n, s.errno = bp, off, end, lend, 0, nil
 	err := s.rc.Read(s.readFn)
@@ -98,6 +96,57 @@ func (s *socketReader) read(bp *[]byte, off, end int, lend bool) (*[]byte, int, 
 			s.pool.Put(bp)
 			bp = nil
 		}
+	}
+	return bp, n, err
+}
+
+// probeSize is the most a stream without a file descriptor reads into its
+// probe: enough for the small messages of an interactive client in one
+// read, small beside a buffer (idle HTTP/2 tunnels cost this, not
+// buffer_size).
+const probeSize = 512
+
+// readStream reads a stream that cannot be polled for readability. A read
+// that may wait goes into the probe, and a buffer is lent only once it
+// returns data, so an idle stream holds none; a stream whose reads come
+// back full is busy and reads straight into its buffer (kept warm) until
+// a read comes back small.
+func (s *socketReader) readStream(bp *[]byte, off, end int, lend bool) (*[]byte, int, error) {
+	if lend && !s.busy {
+		if bp != nil {
+			s.pool.Put(bp)
+		}
+		if s.probe == nil {
+			s.probe = make([]byte, probeSize)
+		}
+		p := s.probe
+		if end > 0 {
+			p = p[:min(len(p), end-off)]
+		}
+		n, err := s.conn.Read(p)
+		for n == 0 && err == nil { // io.Reader allows it; wait for data or an error
+			n, err = s.conn.Read(p)
+		}
+		if n == 0 {
+			return nil, 0, err
+		}
+		s.busy = n == len(p)
+		bp = s.pool.Get().(*[]byte)
+		copy((*bp)[off:], p[:n])
+		return bp, n, err
+	}
+	if bp == nil {
+		bp = s.pool.Get().(*[]byte)
+	}
+	p := (*bp)[off:]
+	if end > 0 {
+		p = (*bp)[off:end]
+	}
+	n, err := s.conn.Read(p)
+	s.busy = n >= probeSize
+	if n == 0 && err != nil && lend {
+		s.pool.Put(bp)
+		return nil, 0, err
 	}
 	return bp, n, err
 }
