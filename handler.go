@@ -230,15 +230,6 @@ func (h *Handler) negotiate(offered []string, withToken bool) (string, error) {
 	return "", fmt.Errorf("none of the offered subprotocols is accepted; accepted: %s", strings.Join(h.Subprotocols, ", "))
 }
 
-// isExtendedConnect reports a WebSocket over HTTP/2 (RFC 8441) or HTTP/3
-// (RFC 9220).
-func isExtendedConnect(r *http.Request) bool {
-	if r.ProtoMajor == 2 && r.Method == http.MethodConnect && r.Header.Get(":protocol") == "websocket" {
-		return true
-	}
-	return r.ProtoMajor >= 2 && r.Method == http.MethodConnect && strings.EqualFold(r.Proto, "websocket")
-}
-
 // clientIP is Caddy's idea of the client address, which honours the
 // server's trusted_proxies.
 func clientIP(r *http.Request) string {
