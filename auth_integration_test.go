@@ -361,8 +361,8 @@ func TestTokenOnlySubprotocolMessage(t *testing.T) {
 	}
 }
 
-// TestIPRulesRecipe: the README's IP rule, Caddy's client_ip matcher in
-// front of ws_to_tcp.
+// TestIPRulesRecipe: the IP rule of docs/admission.md (IP rules), Caddy's
+// client_ip matcher in front of ws_to_tcp.
 func TestIPRulesRecipe(t *testing.T) {
 	up := echoUpstream(t)
 	s := startCaddy(t, `{HTTP} {
@@ -619,7 +619,8 @@ func TestBasicAuthComposition(t *testing.T) {
 	waitClosedAs(t, s, "bob")
 }
 
-// TestForwardAuthComposition tests the README's recipe: forward_auth copies
+// TestForwardAuthComposition tests the recipe of docs/admission.md
+// (Composition with basic_auth and forward_auth): forward_auth copies
 // the auth service's user header, and `vars` makes it the user id.
 func TestForwardAuthComposition(t *testing.T) {
 	up := echoUpstream(t)
@@ -774,9 +775,10 @@ func startCaddyWithLog(t *testing.T, logSettings, sites string) *testServer {
 	return startCaddyWith(t, caddyOptions{logFormat: logSettings}, sites)
 }
 
-// logFilter is the README's recipe: Caddy logs the request as it arrived,
-// before any handler runs, so a token in the query string or in the
-// Sec-WebSocket-Protocol header must be filtered out of its log lines.
+// logFilter is the recipe of docs/admission.md (Keeping tokens out of the
+// logs): Caddy logs the request as it arrived, before any handler runs, so
+// a token in the query string or in the Sec-WebSocket-Protocol header must
+// be filtered out of its log lines.
 const logFilter = `format filter {
 			request>uri query {
 				delete access_token

@@ -818,8 +818,9 @@ func TestTargetsSourceDown(t *testing.T) {
 
 // TestTargetTokenNeverLogged: target tokens in the query string and in a
 // cookie, on every path (success, unknown, not allowed, source down), are
-// in no log line under the README's log filter recipe; path tokens are in
-// none of the module's own lines.
+// in no log line under the log filter recipe of docs/admission.md (Keeping
+// tokens out of the logs); path tokens are in none of the module's own
+// lines.
 func TestTargetTokenNeverLogged(t *testing.T) {
 	up := echoUpstream(t)
 	ls := newLookupServer(t)

@@ -489,8 +489,9 @@ func TestResolveTargetUnit(t *testing.T) {
 		}
 	}
 
-	// websockify's UnixDomainSocketDirectory, as the README gives it: the
-	// token names a socket in the directory and cannot leave it
+	// websockify's UnixDomainSocketDirectory, as docs/targets.md (From
+	// websockify's token plugins) gives it: the token names a socket in the
+	// directory and cannot leave it
 	h = provisioned(t, `{"upstreams": [{"dial": "unix//run/vnc/{http.request.uri.query.token}"}], "allow_targets": ["unix//run/vnc/*"]}`)
 	for uri, status := range map[string]int{
 		"/?token=vm1": 0, "/?token=..": 403, "/?token=%2e%2e": 403, "/?token=../etc/passwd": 403,
