@@ -3,9 +3,18 @@ package wstotcp
 import (
 	"io"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // WebSockets over HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220): the handshake is
@@ -92,4 +101,41 @@ func (c *streamConn) Close() error {
 		c.body.Close()
 	})
 	return nil
+}
+
+// provisionStreams ties the handler's HTTP/2 and HTTP/3 tunnels to the
+// server that carries them. Such a tunnel is a request of that server, so
+// it cannot outlive it as a hijacked HTTP/1.1 connection does: Caddy's
+// shutdown of the server (on a reload or stop) would wait for it forever
+// with the default eternal grace period (so `caddy stop` would hang), or
+// cut it without a Close frame when grace_period ends. So when the server
+// begins to shut down, these tunnels end with 1001 and their upstreams
+// close; their clients reconnect to the new configuration.
+func (h *Handler) provisionStreams(ctx caddy.Context) {
+	srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if !ok || srv == nil {
+		return
+	}
+	srv.RegisterOnShutdown(func() {
+		closeTunnelsOn(h, func(t *tunnel) bool { return t.transport != transportHTTP1 },
+			wsframe.CloseGoingAway, "server shutting down")
+	})
+	h2 := len(srv.Protocols) == 0 || slices.Contains(srv.Protocols, "h2")
+	if h2 && len(srv.TLSConnPolicies) > 0 && !http2ExtendedConnect() {
+		if _, logged := xconnectNoticed.LoadOrStore(srv.Name(), true); !logged {
+			h.logger.Info("HTTP/2 extended CONNECT is off (GODEBUG=http2xconnect=1 is not in Caddy's environment): "+
+				"browsers on HTTP/2 open their WebSockets over a separate HTTP/1.1 connection here (see the README, HTTP/2 and HTTP/3)",
+				zap.String("server", srv.Name()))
+		}
+	}
+}
+
+// xconnectNoticed holds the servers whose missing HTTP/2 extended CONNECT
+// was logged, so that it is logged once per process and not at each reload.
+var xconnectNoticed sync.Map
+
+// http2ExtendedConnect reports whether Go's HTTP/2 server advertises
+// extended CONNECT: it reads GODEBUG from the environment once, at start.
+func http2ExtendedConnect() bool {
+	return strings.Contains(os.Getenv("GODEBUG"), "http2xconnect=1")
 }

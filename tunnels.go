@@ -99,7 +99,16 @@ func selectTunnels(match func(*tunnel) bool) []*tunnel {
 // closeTunnels terminates the tunnels started by h, or all tunnels when h is
 // nil, and returns how many were open.
 func closeTunnels(h *Handler, code int, reason string) int {
-	return closeEach(selectTunnels(func(t *tunnel) bool { return h == nil || t.h == h }), code, reason)
+	return closeTunnelsOn(h, nil, code, reason)
+}
+
+// closeTunnelsOn terminates the tunnels started by h (all when h is nil)
+// for which match is true (all for a nil match), and returns how many were
+// open.
+func closeTunnelsOn(h *Handler, match func(*tunnel) bool, code int, reason string) int {
+	return closeEach(selectTunnels(func(t *tunnel) bool {
+		return (h == nil || t.h == h) && (match == nil || match(t))
+	}), code, reason)
 }
 
 // closeEach terminates the tunnels and returns how many were open; those
