@@ -73,6 +73,8 @@ type connInfo struct {
 	Upstream    string    `json:"upstream"`
 	Subprotocol string    `json:"subprotocol"`
 	Channel     string    `json:"channel"`
+	Transport   string    `json:"transport"`
+	State       string    `json:"state"`
 	Started     time.Time `json:"started"`
 	BytesIn     int64     `json:"bytes_in"`
 	BytesOut    int64     `json:"bytes_out"`
@@ -89,6 +91,8 @@ func infoOf(t *tunnel) connInfo {
 		Upstream:    t.upstream,
 		Subprotocol: t.subprotocol,
 		Channel:     t.channel,
+		Transport:   t.transport,
+		State:       t.state(),
 		Started:     t.started.UTC().Truncate(time.Millisecond),
 		BytesIn:     s.BytesIn,
 		BytesOut:    s.BytesOut,
@@ -112,6 +116,10 @@ func (c *connInfo) appendJSON(b []byte) []byte {
 	b = appendJSONString(b, c.Subprotocol)
 	b = append(b, `,"channel":`...)
 	b = appendJSONString(b, c.Channel)
+	b = append(b, `,"transport":`...)
+	b = appendJSONString(b, c.Transport)
+	b = append(b, `,"state":`...)
+	b = appendJSONString(b, c.State)
 	b = append(b, `,"started":"`...)
 	b = c.Started.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","bytes_in":`...)

@@ -135,13 +135,26 @@ const (
 	maxTokens   = 8
 )
 
-// provisionAdmission compiles the admission settings: origins, auth and
-// connection limits. Its errors name the setting at fault, never a secret.
+// provisionAdmission checks and compiles the admission settings: origins,
+// auth and connection limits. Its errors name the setting at fault, never
+// a secret.
 func (h *Handler) provisionAdmission() error {
+	for _, l := range []struct {
+		path string
+		v    int
+	}{
+		{"max_connections", h.MaxConnections},
+		{"max_connections_per_ip", h.MaxConnectionsPerIP},
+		{"max_connections_per_user", h.MaxConnectionsPerUser},
+	} {
+		if l.v < 0 {
+			return settingError(l.path, "", "must not be negative")
+		}
+	}
 	if len(h.Origins) > 0 {
 		p, err := compileOrigins(h.Origins)
 		if err != nil {
-			return fmt.Errorf("origins: %v", err)
+			return settingError("origins", "", "%v", err)
 		}
 		h.origins = p
 		if p.any {
@@ -157,19 +170,6 @@ func (h *Handler) provisionAdmission() error {
 		h.auth = au
 	}
 	h.limits = newConnLimits(h.MaxConnections, h.MaxConnectionsPerIP, h.MaxConnectionsPerUser)
-	return nil
-}
-
-// validateAdmission checks what provisionAdmission does not.
-func (h *Handler) validateAdmission() error {
-	if h.MaxConnections < 0 || h.MaxConnectionsPerIP < 0 || h.MaxConnectionsPerUser < 0 {
-		return errors.New("max_connections, max_connections_per_ip and max_connections_per_user must not be negative")
-	}
-	for _, p := range h.Subprotocols {
-		if len(p) >= len(bearerProtocolPrefix) && strings.EqualFold(p[:len(bearerProtocolPrefix)], bearerProtocolPrefix) {
-			return fmt.Errorf("subprotocols: %q: the prefix %q is reserved for tokens, which are never echoed", p, bearerProtocolPrefix)
-		}
-	}
 	return nil
 }
 
@@ -197,7 +197,7 @@ type credentials struct {
 // errors name the setting at fault, never a secret.
 func newAuthenticator(a *Auth) (*authenticator, error) {
 	if len(a.Basic) == 0 && len(a.Bearer) == 0 && a.JWT == nil {
-		return nil, errors.New("auth: configure basic, bearer or jwt")
+		return nil, settingError("auth", "", "configure basic, bearer or jwt")
 	}
 	repl := caddy.NewReplacer()
 	au := &authenticator{realm: a.Realm, query: a.TokenQuery, cookie: a.TokenCookie}
@@ -205,7 +205,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 		au.realm = defaultRealm
 	}
 	if strings.ContainsAny(au.realm, "\"\\") || strings.ContainsFunc(au.realm, isCtl) {
-		return nil, errors.New("auth: realm: no quotes, backslashes or control characters")
+		return nil, settingError("auth.realm", "", "no quotes, backslashes or control characters")
 	}
 	switch au.query {
 	case "":
@@ -220,10 +220,10 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 		au.cookie = ""
 	}
 	if strings.ContainsAny(au.query, "&=#?+% \t") {
-		return nil, fmt.Errorf("auth: token_query: %q is not a plain parameter name", au.query)
+		return nil, settingError("auth.token_query", "", "%q is not a plain parameter name", au.query)
 	}
 	if au.cookie != "" && !isToken(au.cookie) {
-		return nil, fmt.Errorf("auth: token_cookie: %q is not a valid cookie name", au.cookie)
+		return nil, settingError("auth.token_cookie", "", "%q is not a valid cookie name", au.cookie)
 	}
 
 	if len(a.Basic) > 0 {
@@ -232,15 +232,16 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 		for i, acc := range a.Basic {
 			user := repl.ReplaceKnown(acc.Username, "")
 			if user == "" || strings.ContainsRune(user, ':') {
-				return nil, fmt.Errorf("auth: basic: account %d: the user name must be non-empty and without ':'", i+1)
+				return nil, settingError(fmt.Sprintf("auth.basic[%d].username", i), "auth > basic",
+					"the user name must be non-empty and without ':'")
 			}
 			if _, dup := au.accounts[user]; dup {
-				return nil, fmt.Errorf("auth: basic: user %q is listed twice", user)
+				return nil, settingError(fmt.Sprintf("auth.basic[%d].username", i), "auth > basic", "user %q is listed twice", user)
 			}
 			hash := repl.ReplaceKnown(acc.Password, "")
 			cost, err := bcryptCost(hash)
 			if err != nil {
-				return nil, fmt.Errorf("auth: basic: user %q: %v", user, err)
+				return nil, settingError(fmt.Sprintf("auth.basic[%d].password", i), "auth > basic", "user %q: %v", user, err)
 			}
 			maxCost = max(maxCost, cost)
 			au.accounts[user] = []byte(hash)
@@ -251,10 +252,10 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 	for i, tok := range a.Bearer {
 		tok = repl.ReplaceKnown(tok, "")
 		if tok == "" {
-			return nil, fmt.Errorf("auth: bearer: token %d is empty (after placeholders were expanded)", i+1)
+			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is empty (after placeholders were expanded)")
 		}
 		if len(tok) > maxTokenLen {
-			return nil, fmt.Errorf("auth: bearer: token %d is longer than %d bytes", i+1, maxTokenLen)
+			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is longer than %d bytes", maxTokenLen)
 		}
 		au.bearer = append(au.bearer, sha256.Sum256([]byte(tok)))
 	}
@@ -262,7 +263,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 	if a.JWT != nil {
 		v, err := newJWTVerifier(a.JWT, repl)
 		if err != nil {
-			return nil, fmt.Errorf("auth: jwt: %v", err)
+			return nil, err
 		}
 		au.jwt = v
 	}
@@ -518,31 +519,31 @@ func newJWTVerifier(cfg *JWTAuth, repl *caddy.Replacer) (*jwtVerifier, error) {
 		}
 	}
 	if sources != 1 {
-		return nil, errors.New("configure exactly one of secret, public_key and jwks_file")
+		return nil, settingError("auth.jwt", "", "configure exactly one of secret, public_key and jwks_file")
 	}
 	if cfg.Leeway < 0 {
-		return nil, errors.New("leeway: must not be negative")
+		return nil, settingError("auth.jwt.leeway", "", "must not be negative")
 	}
 	v := new(jwtVerifier)
 	switch {
 	case cfg.Secret != "":
 		secret := repl.ReplaceKnown(cfg.Secret, "")
 		if secret == "" {
-			return nil, errors.New("secret: empty (after placeholders were expanded)")
+			return nil, settingError("auth.jwt.secret", "", "empty (after placeholders were expanded)")
 		}
 		v.keys = []jwtKey{{key: []byte(secret), algs: hmacAlgs}}
 	case cfg.PublicKey != "":
 		file := repl.ReplaceKnown(cfg.PublicKey, "")
 		keys, err := loadPEMKeys(file)
 		if err != nil {
-			return nil, fmt.Errorf("public_key: %v", err)
+			return nil, settingError("auth.jwt.public_key", "", "%v", err)
 		}
 		v.keys = keys
 	default:
 		file := repl.ReplaceKnown(cfg.JWKSFile, "")
 		keys, err := loadJWKS(file)
 		if err != nil {
-			return nil, fmt.Errorf("jwks_file: %v", err)
+			return nil, settingError("auth.jwt.jwks_file", "", "%v", err)
 		}
 		v.keys = keys
 	}

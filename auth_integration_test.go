@@ -432,9 +432,9 @@ func TestBasicAuthMethod(t *testing.T) {
 		t.Setenv("WS_PLAIN_PASSWORD", "hunter2")
 		t.Setenv("WS_EMPTY_TOKEN", "")
 		for _, tt := range []struct{ auth, want string }{
-			{"basic {\n\t\t\t\talice hunter2\n\t\t\t}", "auth: basic"},                 // the Caddyfile adapter
-			{"basic {\n\t\t\t\talice {env.WS_PLAIN_PASSWORD}\n\t\t\t}", "auth: basic"}, // Provision
-			{"bearer {env.WS_EMPTY_TOKEN}", "auth: bearer: token 1 is empty"},
+			{"basic {\n\t\t\t\talice hunter2\n\t\t\t}", "auth.basic[0].password (auth > basic): "},
+			{"basic {\n\t\t\t\talice {env.WS_PLAIN_PASSWORD}\n\t\t\t}", "auth.basic[0].password (auth > basic): "},
+			{"bearer {env.WS_EMPTY_TOKEN}", "auth.bearer[0] (auth > bearer): the token is empty"},
 		} {
 			err := s.tryLoad(`{HTTP} {
 	ws_to_tcp ` + up.addr + ` {

@@ -382,25 +382,25 @@ func TestAuthProvisionErrors(t *testing.T) {
 		want string
 	}{
 		{"empty", Auth{}, "auth: configure basic, bearer or jwt"},
-		{"plaintext", Auth{Basic: []BasicAccount{{Username: "alice", Password: "hunter2"}}}, "auth: basic"},
+		{"plaintext", Auth{Basic: []BasicAccount{{Username: "alice", Password: "hunter2"}}}, "auth.basic[0].password (auth > basic): "},
 		{"plaintext message", Auth{Basic: []BasicAccount{{Username: "alice", Password: "hunter2"}}}, "not plain text"},
 		{"broken hash", Auth{Basic: []BasicAccount{{Username: "alice", Password: "$2a$xx"}}}, "invalid bcrypt hash"},
-		{"user with colon", Auth{Basic: []BasicAccount{{Username: "a:b", Password: bcryptHash(t, "x")}}}, "without ':'"},
-		{"empty env token", Auth{Bearer: []string{"{env.WS_EMPTY}"}}, "auth: bearer: token 1 is empty"},
-		{"empty token", Auth{Bearer: []string{"ok", ""}}, "auth: bearer: token 2 is empty"},
-		{"realm quote", Auth{Bearer: []string{"x"}, Realm: `a"b`}, "auth: realm"},
-		{"cookie name", Auth{Bearer: []string{"x"}, TokenCookie: "a b"}, "auth: token_cookie"},
-		{"query name", Auth{Bearer: []string{"x"}, TokenQuery: "a=b"}, "auth: token_query"},
-		{"jwt no key", Auth{JWT: &JWTAuth{}}, "auth: jwt: configure exactly one"},
-		{"jwt two keys", Auth{JWT: &JWTAuth{Secret: "s", PublicKey: "p"}}, "auth: jwt: configure exactly one"},
-		{"jwt empty secret", Auth{JWT: &JWTAuth{Secret: "{env.WS_EMPTY}"}}, "auth: jwt: secret: empty"},
-		{"jwt missing file", Auth{JWT: &JWTAuth{PublicKey: filepath.Join(dir, "nope.pem")}}, "auth: jwt: public_key"},
+		{"user with colon", Auth{Basic: []BasicAccount{{Username: "a:b", Password: bcryptHash(t, "x")}}}, "auth.basic[0].username (auth > basic): the user name must be non-empty and without ':'"},
+		{"empty env token", Auth{Bearer: []string{"{env.WS_EMPTY}"}}, "auth.bearer[0] (auth > bearer): the token is empty"},
+		{"empty token", Auth{Bearer: []string{"ok", ""}}, "auth.bearer[1] (auth > bearer): the token is empty"},
+		{"realm quote", Auth{Bearer: []string{"x"}, Realm: `a"b`}, "auth.realm: "},
+		{"cookie name", Auth{Bearer: []string{"x"}, TokenCookie: "a b"}, "auth.token_cookie: "},
+		{"query name", Auth{Bearer: []string{"x"}, TokenQuery: "a=b"}, "auth.token_query: "},
+		{"jwt no key", Auth{JWT: &JWTAuth{}}, "auth.jwt: configure exactly one"},
+		{"jwt two keys", Auth{JWT: &JWTAuth{Secret: "s", PublicKey: "p"}}, "auth.jwt: configure exactly one"},
+		{"jwt empty secret", Auth{JWT: &JWTAuth{Secret: "{env.WS_EMPTY}"}}, "auth.jwt.secret: empty"},
+		{"jwt missing file", Auth{JWT: &JWTAuth{PublicKey: filepath.Join(dir, "nope.pem")}}, "auth.jwt.public_key: "},
 		{"jwt private key", Auth{JWT: &JWTAuth{PublicKey: priv}}, "private key"},
 		{"jwt small RSA", Auth{JWT: &JWTAuth{PublicKey: smallPEM}}, "2048 bits"},
 		{"jwt not PEM", Auth{JWT: &JWTAuth{PublicKey: badJWKS}}, "no PEM public key"},
 		{"jwks unusable", Auth{JWT: &JWTAuth{JWKSFile: badJWKS}}, "no key usable"},
 		{"jwks alg mismatch", Auth{JWT: &JWTAuth{JWKSFile: mismatch}}, `alg "ES256" does not fit`},
-		{"jwt negative leeway", Auth{JWT: &JWTAuth{Secret: "s", Leeway: -1}}, "leeway"},
+		{"jwt negative leeway", Auth{JWT: &JWTAuth{Secret: "s", Leeway: -1}}, "auth.jwt.leeway: must not be negative"},
 	} {
 		_, err := newAuthenticator(&tt.auth)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -577,22 +577,13 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 	hash := "$2a$14$X3ulqf/iGxnf1k6oMZ.RZeJUoqI9PX2PM4rS5lkIKJXduLGXGPrt6"
 	tests := []caddyfileErrorCase{
 		{"origins without args", "to 127.0.0.1:5900\norigins", 4, []string{"origins:", "at least one pattern"}},
-		{"origins bad pattern", "to 127.0.0.1:5900\norigins https://ok.example https://exa mple.com/", 4,
-			[]string{"origins:", `"mple.com/"`, "scheme://host"}},
-		{"origins with path", "to 127.0.0.1:5900\norigins https://example.com/app", 4, []string{"origins:", "no path"}},
-		{"origins star and more", "to 127.0.0.1:5900\norigins * https://example.com", 4, []string{"origins:", "every origin"}},
 		{"auth with args", "to 127.0.0.1:5900\nauth on {\n\tbearer x\n}", 4, []string{"auth:", "takes a block"}},
-		{"auth empty", "to 127.0.0.1:5900\nauth {\n}", 5, []string{"auth: configure basic, bearer or jwt"}},
 		{"auth unknown", "to 127.0.0.1:5900\nauth {\n\toauth x\n}", 5, []string{"auth: unrecognized subdirective", `"oauth"`}},
-		{"basic plaintext", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\talice hunter2\n\t}\n}", 6,
-			[]string{"auth: basic:", `"alice"`, "bcrypt hash", "not plain text"}},
 		{"basic missing hash", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\talice\n\t}\n}", 6, []string{"auth: basic:", "<user> <bcrypt hash>"}},
 		{"basic empty", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t}\n}", 6, []string{"auth: basic:", "at least one"}},
 		{"basic twice", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\ta " + hash + "\n\t}\n\tbasic {\n\t\tb " + hash + "\n\t}\n}", 8,
 			[]string{"auth: basic:", "already specified"}},
 		{"bearer without token", "to 127.0.0.1:5900\nauth {\n\tbearer\n}", 5, []string{"auth: bearer:", "at least one token"}},
-		{"jwt no key", "to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tissuer x\n\t}\n}", 7, []string{"auth: jwt:", "exactly one of secret, public_key and jwks_file"}},
-		{"jwt two keys", "to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\tjwks_file f\n\t}\n}", 8, []string{"auth: jwt:", "exactly one"}},
 		{"jwt bad leeway", "to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\tleeway soon\n\t}\n}", 7, []string{"auth: jwt: leeway:", `"soon"`}},
 		{"jwt unknown", "to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\talgorithm HS256\n\t}\n}", 7, []string{"auth: jwt:", `"algorithm"`}},
 		{"jwt secret twice", "to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\tsecret t\n\t}\n}", 7, []string{"auth: jwt: secret:", "already specified"}},
@@ -631,10 +622,10 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 func TestAdmissionProvision(t *testing.T) {
 	t.Setenv("WS_PLAIN", "hunter2")
 	for _, tt := range []struct{ name, js, want string }{
-		{"bad origin", `{"upstreams": [{"dial": "127.0.0.1:1"}], "origins": ["example.com"]}`, "origins:"},
-		{"plaintext from env", `{"upstreams": [{"dial": "127.0.0.1:1"}], "auth": {"basic": [{"username": "a", "password": "{env.WS_PLAIN}"}]}}`, "auth: basic"},
-		{"negative limit", `{"upstreams": [{"dial": "127.0.0.1:1"}], "max_connections": -1}`, "must not be negative"},
-		{"reserved subprotocol", `{"upstreams": [{"dial": "127.0.0.1:1"}], "subprotocols": ["binary", "bearer.x"]}`, "reserved"},
+		{"bad origin", `{"upstreams": [{"dial": "127.0.0.1:1"}], "origins": ["example.com"]}`, `origins: "example.com": expected scheme://host`},
+		{"plaintext from env", `{"upstreams": [{"dial": "127.0.0.1:1"}], "auth": {"basic": [{"username": "a", "password": "{env.WS_PLAIN}"}]}}`, "auth.basic[0].password (auth > basic): "},
+		{"negative limit", `{"upstreams": [{"dial": "127.0.0.1:1"}], "max_connections": -1}`, "max_connections: must not be negative"},
+		{"reserved subprotocol", `{"upstreams": [{"dial": "127.0.0.1:1"}], "subprotocols": ["binary", "bearer.x"]}`, `subprotocols[1] (subprotocols): "bearer.x": the prefix "bearer." is reserved`},
 	} {
 		h := new(Handler)
 		if err := json.Unmarshal([]byte(tt.js), h); err != nil {
@@ -642,9 +633,6 @@ func TestAdmissionProvision(t *testing.T) {
 		}
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 		err := h.Provision(ctx)
-		if err == nil {
-			err = h.Validate()
-		}
 		cancel()
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%s: error %v, want one containing %q", tt.name, err, tt.want)

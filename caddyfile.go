@@ -1,6 +1,27 @@
 package wstotcp
 
+// Where a setting is checked, so that each rule is written once:
+//
+//   - UnmarshalCaddyfile (this file, and targets_caddyfile.go for the
+//     targets block) checks the Caddyfile's own syntax: subdirective names,
+//     how many arguments and blocks each takes, subdirectives given twice,
+//     keywords (binary|text, v1|v2, the lb_policy names, full|label: the
+//     same lists Provision holds JSON values to), and that an argument is
+//     written as its kind (a duration, a size, a rate, a whole number).
+//     A 0 that the JSON would drop, and so read as the default, is refused:
+//     counts, and the heartbeat and health durations, are positive; leave
+//     the subdirective out for the default. Its errors name the
+//     subdirective and the Caddyfile line (d.Errf).
+//   - Provision checks what the values mean, once, however they were
+//     written: ranges and signs, settings that need or exclude each other,
+//     patterns, escapes, names, files and keys. Its errors, made by
+//     settingError (module.go), name the JSON field path and, where the
+//     Caddyfile spells it differently, the subdirective:
+//     `load_balancing.selection_policy (lb_policy): unknown policy "foo"`.
+//   - There is no Validate: nothing is left to check after Provision.
+
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -106,110 +127,125 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("%s: already specified", sub)
 		}
 		seen[sub] = true
-		var err error
-		switch sub {
-		case "to":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("to: at least one upstream address is required")
-			}
-			for _, a := range args {
-				h.Upstreams = append(h.Upstreams, &Upstream{Dial: a})
-			}
-		case "dial_timeout":
-			err = parseDuration(d, &h.DialTimeout)
-		case "write_timeout":
-			err = parseDuration(d, &h.WriteTimeout)
-		case "reload_close_after":
-			err = parseDuration(d, &h.ReloadCloseAfter)
-		case "idle_timeout":
-			err = parseDuration(d, &h.IdleTimeout)
-		case "heartbeat":
-			err = h.parseHeartbeat(d)
-		case "heartbeat_payload":
-			args := d.RemainingArgs()
-			if len(args) != 2 || args[0] != "text" {
-				return d.Errf("heartbeat_payload: expected: heartbeat_payload text <string>")
-			}
-			if args[1] == "" {
-				return d.Errf("heartbeat_payload: the text must not be empty")
-			}
-			h.HeartbeatText = args[1]
-		case "throttle":
-			err = h.parseThrottle(d)
-		case "channel":
-			if !d.AllArgs(&h.Channel) {
-				return d.Errf("channel: expected one template, e.g. {http.request.uri.query.room}")
-			}
-			if h.Channel == "" {
-				return d.Errf("channel: the template must not be empty")
-			}
-		case "upstream_tls":
-			err = h.parseUpstreamTLS(d)
-		case "subprotocols":
-			h.Subprotocols = d.RemainingArgs()
-			if len(h.Subprotocols) == 0 {
-				return d.Errf("subprotocols: at least one name is required")
-			}
-			for _, p := range h.Subprotocols {
-				if !isToken(p) {
-					return d.Errf("subprotocols: %q is not a valid protocol name", p)
-				}
-			}
-		case "message_type":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.Errf("message_type: expected binary or text")
-			}
-			if v != "binary" && v != "text" {
-				return d.Errf("message_type: %q is neither binary nor text", v)
-			}
-			h.MessageType = v
-		case "max_message_size":
-			var n int64
-			n, err = parseSize(d)
-			h.MaxMessageSize = n
-		case "buffer_size":
-			var n int64
-			n, err = parseSize(d)
-			if err == nil && (n < minBufferSize || n > maxBufferSize) {
-				return d.Errf("buffer_size: %s is outside 512 B to 16 MiB", d.Val())
-			}
-			h.BufferSize = int(n)
-		case "validate_utf8":
-			if d.NextArg() {
-				return d.Errf("validate_utf8: takes no arguments")
-			}
-			h.ValidateUTF8 = true
-		case "origins":
-			err = h.parseOrigins(d)
-		case "auth":
-			err = h.parseAuth(d)
-		case "max_connections":
-			err = parseCount(d, &h.MaxConnections)
-		case "max_connections_per_ip":
-			err = parseCount(d, &h.MaxConnectionsPerIP)
-		case "max_connections_per_user":
-			err = parseCount(d, &h.MaxConnectionsPerUser)
-		case "lb_policy", "lb_retries", "max_connections_per_upstream",
-			"health_interval", "health_timeout", "health_send", "health_expect", "health_fails", "health_passes",
-			"fail_duration", "max_fails", "proxy_protocol", "preamble":
-			err = h.parseBalancerOption(d) // loadbalancer.go
-		case "test_page":
-			if d.NextArg() {
-				return d.Errf("test_page: takes no arguments")
-			}
-			h.TestPage = true
-		case "targets":
-			err = h.parseTargets(d)
-		case "allow_targets":
-			err = h.parseAllowTargets(d)
-		default:
-			return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
+		if err := h.parseSubdirective(d, sub); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// parseSubdirective reads one subdirective of the ws_to_tcp block.
+func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, sub string) error {
+	switch sub {
+	case "to":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("to: at least one upstream address is required")
+		}
+		for _, a := range args {
+			h.Upstreams = append(h.Upstreams, &Upstream{Dial: a})
+		}
+	case "dial_timeout":
+		return parseDuration(d, &h.DialTimeout)
+	case "write_timeout":
+		return parseDuration(d, &h.WriteTimeout)
+	case "reload_close_after":
+		return parseDuration(d, &h.ReloadCloseAfter)
+	case "idle_timeout":
+		return parseDuration(d, &h.IdleTimeout)
+	case "heartbeat":
+		return h.parseHeartbeat(d)
+	case "heartbeat_payload":
+		args := d.RemainingArgs()
+		if len(args) != 2 || args[0] != "text" {
+			return d.Errf("heartbeat_payload: expected: heartbeat_payload text <string>")
+		}
+		if args[1] == "" {
+			return d.Errf("heartbeat_payload: the text must not be empty")
+		}
+		h.HeartbeatText = args[1]
+	case "throttle":
+		return h.parseThrottle(d)
+	case "channel":
+		if !d.AllArgs(&h.Channel) {
+			return d.Errf("channel: expected one template, e.g. {http.request.uri.query.room}")
+		}
+		if h.Channel == "" {
+			return d.Errf("channel: the template must not be empty")
+		}
+	case "upstream_tls":
+		return h.parseUpstreamTLS(d)
+	case "subprotocols":
+		h.Subprotocols = d.RemainingArgs()
+		if len(h.Subprotocols) == 0 {
+			return d.Errf("subprotocols: at least one name is required")
+		}
+	case "message_type":
+		var v string
+		if !d.AllArgs(&v) {
+			return d.Errf("message_type: expected binary or text")
+		}
+		if !isMessageType(v) {
+			return d.Errf("message_type: %q is neither binary nor text", v)
+		}
+		h.MessageType = v
+	case "max_message_size":
+		n, err := parseSize(d)
 		if err != nil {
 			return err
 		}
+		h.MaxMessageSize = n
+	case "buffer_size":
+		n, err := parseSize(d)
+		if err != nil {
+			return err
+		}
+		if n == 0 || n > math.MaxInt {
+			return d.Errf("buffer_size: %s is outside %d B to %d MiB", d.Val(), minBufferSize, maxBufferSize>>20)
+		}
+		h.BufferSize = int(n)
+	case "validate_utf8":
+		return parseFlag(d, &h.ValidateUTF8)
+	case "test_page":
+		return parseFlag(d, &h.TestPage)
+	case "origins":
+		h.Origins = d.RemainingArgs()
+		if len(h.Origins) == 0 {
+			return d.Errf("origins: at least one pattern is required")
+		}
+	case "auth":
+		return h.parseAuth(d)
+	case "max_connections":
+		return parseCount(d, &h.MaxConnections)
+	case "max_connections_per_ip":
+		return parseCount(d, &h.MaxConnectionsPerIP)
+	case "max_connections_per_user":
+		return parseCount(d, &h.MaxConnectionsPerUser)
+	case "max_connections_per_upstream":
+		return parseCount(d, &h.MaxConnectionsPerUpstream)
+	case "lb_policy", "lb_retries":
+		return h.parseLoadBalancing(d, sub)
+	case "health_interval", "health_timeout", "health_send", "health_expect", "health_fails", "health_passes",
+		"fail_duration", "max_fails":
+		return h.parseHealth(d, sub)
+	case "proxy_protocol":
+		var v string
+		if !d.AllArgs(&v) || !isProxyVersion(v) {
+			return d.Errf("proxy_protocol: expected v1 or v2")
+		}
+		h.ProxyProtocol = v
+	case "preamble":
+		return parseBytes(d, &h.Preamble)
+	case "targets":
+		return h.parseTargets(d) // targets_caddyfile.go
+	case "allow_targets":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("allow_targets: at least one pattern is required")
+		}
+		h.AllowTargets = append(h.AllowTargets, args...)
+	default:
+		return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
 	}
 	return nil
 }
@@ -297,7 +333,7 @@ func (h *Handler) parseThrottle(d *caddyfile.Dispenser) error {
 			}
 		case "burst":
 			n, err := humanize.ParseBytes(v)
-			if err != nil || n == 0 || n > math.MaxInt32 {
+			if err != nil || n == 0 || n > math.MaxInt64 {
 				return d.Errf("throttle: burst: invalid size %q", v)
 			}
 			h.Throttle.Burst = int64(n)
@@ -305,13 +341,114 @@ func (h *Handler) parseThrottle(d *caddyfile.Dispenser) error {
 			return d.Errf("throttle: unrecognized subdirective %q", sub)
 		}
 	}
-	if h.Throttle.Read == 0 && h.Throttle.Write == 0 {
-		return d.Errf("throttle: set read, write, or both")
+	return nil
+}
+
+// parseRate reads a bandwidth: bits per second with bps, kbps, Mbps or Gbps
+// (powers of 1000), or bytes per second with B/s, KB/s, MB/s, GB/s (powers
+// of 1000) or KiB/s, MiB/s, GiB/s (powers of 1024). It returns bytes per
+// second, the unit of the JSON.
+func parseRate(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		bytes  float64 // bytes per second per unit
+	}{
+		{"kbps", 1e3 / 8}, {"mbps", 1e6 / 8}, {"gbps", 1e9 / 8}, {"bps", 1.0 / 8},
+		{"kib/s", 1 << 10}, {"mib/s", 1 << 20}, {"gib/s", 1 << 30},
+		{"kb/s", 1e3}, {"mb/s", 1e6}, {"gb/s", 1e9}, {"b/s", 1},
+	}
+	lower := strings.ToLower(strings.TrimSpace(s))
+	for _, u := range units {
+		num, ok := strings.CutSuffix(lower, u.suffix)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+			return 0, fmt.Errorf("invalid rate %q: want a positive number before %s", s, u.suffix)
+		}
+		b := v * u.bytes
+		if b < 1 || b > math.MaxInt64/2 {
+			return 0, fmt.Errorf("rate %q is out of range", s)
+		}
+		return int64(b), nil
+	}
+	return 0, fmt.Errorf("invalid rate %q: use bits per second (512kbps, 10Mbps, 1Gbps) or bytes per second (64KiB/s, 2MiB/s)", s)
+}
+
+// parseLoadBalancing reads lb_policy and lb_retries.
+func (h *Handler) parseLoadBalancing(d *caddyfile.Dispenser, sub string) error {
+	if h.LoadBalancing == nil {
+		h.LoadBalancing = new(LoadBalancing)
+	}
+	var s string
+	if sub == "lb_policy" {
+		if !d.AllArgs(&s) {
+			return d.Errf("lb_policy: expected one of %s", strings.Join(policies, ", "))
+		}
+		if !isPolicy(s) {
+			return d.Errf("lb_policy: unknown policy %q; expected one of %s", s, strings.Join(policies, ", "))
+		}
+		h.LoadBalancing.SelectionPolicy = s
+		return nil
+	}
+	if !d.AllArgs(&s) {
+		return d.Errf("lb_retries: expected one number")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return d.Errf("lb_retries: %q is not a whole number", s)
+	}
+	h.LoadBalancing.Retries = n
+	return nil
+}
+
+// parseHealth reads the subdirectives of the active (health_*) and
+// passive (fail_duration, max_fails) health checks.
+func (h *Handler) parseHealth(d *caddyfile.Dispenser, sub string) error {
+	if h.HealthChecks == nil {
+		h.HealthChecks = new(HealthChecks)
+	}
+	hc := h.HealthChecks
+	if strings.HasPrefix(sub, "health_") {
+		if hc.Active == nil {
+			hc.Active = new(ActiveHealthChecks)
+		}
+	} else if hc.Passive == nil {
+		hc.Passive = new(PassiveHealthChecks)
+	}
+	switch sub {
+	case "health_interval":
+		return parsePositiveDuration(d, &hc.Active.Interval)
+	case "health_timeout":
+		return parsePositiveDuration(d, &hc.Active.Timeout)
+	case "health_send":
+		return parseBytes(d, &hc.Active.Send)
+	case "health_expect":
+		return parseBytes(d, &hc.Active.Expect)
+	case "health_fails":
+		return parseCount(d, &hc.Active.Fails)
+	case "health_passes":
+		return parseCount(d, &hc.Active.Passes)
+	case "fail_duration":
+		return parsePositiveDuration(d, &hc.Passive.FailDuration)
+	default: // max_fails
+		return parseCount(d, &hc.Passive.MaxFails)
+	}
+}
+
+// parseBytes reads the one argument of health_send, health_expect and
+// preamble; its escapes are Provision's to check.
+func parseBytes(d *caddyfile.Dispenser, dst *string) error {
+	sub := d.Val()
+	if !d.AllArgs(dst) || *dst == "" {
+		return d.Errf("%s: expected one non-empty argument (quote it if it has spaces)", sub)
 	}
 	return nil
 }
 
-// parseDuration reads the one duration argument of the current subdirective.
+// parseDuration reads the one duration argument of the current
+// subdirective.
 func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	sub := d.Val()
 	var s string
@@ -322,10 +459,20 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	if err != nil {
 		return d.Errf("%s: invalid duration %q: %v", sub, s, err)
 	}
-	if dur < 0 {
-		return d.Errf("%s: duration %q must not be negative", sub, s)
-	}
 	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// parsePositiveDuration reads a duration for which 0 would mean the
+// default in the JSON.
+func parsePositiveDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	sub := d.Val()
+	if err := parseDuration(d, dst); err != nil {
+		return err
+	}
+	if *dst <= 0 {
+		return d.Errf("%s: %q: must be more than 0 (leave %s out for the default)", sub, d.Val(), sub)
+	}
 	return nil
 }
 
@@ -347,16 +494,29 @@ func parseSize(d *caddyfile.Dispenser) (int64, error) {
 	return int64(n), nil
 }
 
-// parseOrigins reads `origins <pattern...>`, checking the patterns here so
-// that an error names the line.
-func (h *Handler) parseOrigins(d *caddyfile.Dispenser) error {
-	h.Origins = d.RemainingArgs()
-	if len(h.Origins) == 0 {
-		return d.Errf("origins: at least one pattern is required")
+// parseCount reads the one positive integer argument of the current
+// subdirective.
+func parseCount(d *caddyfile.Dispenser, dst *int) error {
+	sub := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.Errf("%s: expected one number", sub)
 	}
-	if _, err := compileOrigins(h.Origins); err != nil {
-		return d.Errf("origins: %v", err)
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%s: %q is not a positive whole number", sub, s)
 	}
+	*dst = n
+	return nil
+}
+
+// parseFlag reads a subdirective that takes no arguments and turns a
+// setting on.
+func parseFlag(d *caddyfile.Dispenser, dst *bool) error {
+	if sub := d.Val(); d.NextArg() {
+		return d.Errf("%s: takes no arguments", sub)
+	}
+	*dst = true
 	return nil
 }
 
@@ -383,10 +543,6 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 				var hash string
 				if !d.AllArgs(&hash) {
 					return d.Errf("auth: basic: expected <user> <bcrypt hash>")
-				}
-				if !isBcryptHash(hash) && !strings.Contains(hash, "{") {
-					return d.Errf("auth: basic: user %q: the password must be a bcrypt hash "+
-						"($2a$, $2b$ or $2y$, as `caddy hash-password` prints it), not plain text", user)
 				}
 				a.Basic = append(a.Basic, BasicAccount{Username: user, Password: hash})
 			}
@@ -418,9 +574,6 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("auth: unrecognized subdirective %q", sub)
 		}
-	}
-	if len(a.Basic) == 0 && len(a.Bearer) == 0 && a.JWT == nil {
-		return d.Errf("auth: configure basic, bearer or jwt")
 	}
 	h.Auth = a
 	return nil
@@ -457,7 +610,7 @@ func parseJWT(d *caddyfile.Dispenser, a *Auth) error {
 				return d.Errf("auth: jwt: leeway: expected one duration")
 			}
 			dur, err := caddy.ParseDuration(s)
-			if err != nil || dur < 0 {
+			if err != nil {
 				return d.Errf("auth: jwt: leeway: invalid duration %q", s)
 			}
 			j.Leeway = caddy.Duration(dur)
@@ -469,32 +622,7 @@ func parseJWT(d *caddyfile.Dispenser, a *Auth) error {
 			return d.Errf("auth: jwt: %s: expected one value", sub)
 		}
 	}
-	n := 0
-	for _, s := range []string{j.Secret, j.PublicKey, j.JWKSFile} {
-		if s != "" {
-			n++
-		}
-	}
-	if n != 1 {
-		return d.Errf("auth: jwt: configure exactly one of secret, public_key and jwks_file")
-	}
 	a.JWT = j
-	return nil
-}
-
-// parseCount reads the one positive integer argument of the current
-// subdirective.
-func parseCount(d *caddyfile.Dispenser, dst *int) error {
-	sub := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.Errf("%s: expected one number", sub)
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return d.Errf("%s: %q is not a positive whole number", sub, s)
-	}
-	*dst = n
 	return nil
 }
 

@@ -96,13 +96,13 @@ func findHandler(t *testing.T, cfgJSON []byte) []byte {
 }
 
 // loadHandler adapts cfg (which must adapt without error), then decodes,
-// provisions and validates its ws_to_tcp handler as Caddy does on load.
-// The returned handler is nil when Provision or Validate fail.
+// provisions its ws_to_tcp handler as Caddy does on load. The returned
+// handler is nil when Provision fails.
 func loadHandler(t *testing.T, cfg string) (*Handler, error) {
 	t.Helper()
 	js, err := adaptCaddyfile(cfg)
 	if err != nil {
-		t.Fatalf("adapting should succeed, the error is for Provision/Validate to find: %v\n%s", err, cfg)
+		t.Fatalf("adapting should succeed, the error is for Provision to find: %v\n%s", err, cfg)
 	}
 	h := new(Handler)
 	if err := json.Unmarshal(findHandler(t, js), h); err != nil {
@@ -111,9 +111,6 @@ func loadHandler(t *testing.T, cfg string) (*Handler, error) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
-		return nil, err
-	}
-	if err := h.Validate(); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -143,6 +140,14 @@ func TestCaddyfileErrors(t *testing.T) {
 			[]string{"throttle: read:"}},
 		{"throttle block bad burst", "to 127.0.0.1:5900\nthrottle {\nread 1Mbps\nburst lots\n}", 6,
 			[]string{"throttle: burst:"}},
+		{"health_timeout 0", "to 127.0.0.1:5900\nhealth_interval 1s\nhealth_timeout 0s", 5,
+			[]string{"health_timeout:", "more than 0", "leave health_timeout out"}},
+		{"heartbeat_payload empty", "to 127.0.0.1:5900\nheartbeat 1s\nheartbeat_payload text \"\"", 5,
+			[]string{"heartbeat_payload:", "must not be empty"}},
+		{"channel empty", "to 127.0.0.1:5900\nchannel \"\"", 4,
+			[]string{"channel:", "must not be empty"}},
+		{"test_page with arg", "to 127.0.0.1:5900\ntest_page on", 4,
+			[]string{"test_page:", "takes no arguments"}},
 		{"duplicate subdirective", "to 127.0.0.1:5900\ndial_timeout 1s\ndial_timeout 2s", 5,
 			[]string{"dial_timeout", "already specified"}},
 		{"duplicate subprotocols", "to 127.0.0.1:5900\nsubprotocols binary\nsubprotocols base64", 5,
@@ -155,20 +160,14 @@ func TestCaddyfileErrors(t *testing.T) {
 			[]string{"dial_timeout:", "invalid duration", `"soon"`}},
 		{"dial_timeout two args", "to 127.0.0.1:5900\ndial_timeout 1s 2s", 4,
 			[]string{"dial_timeout:", "expected one duration"}},
-		{"dial_timeout negative", "to 127.0.0.1:5900\ndial_timeout -1s", 4,
-			[]string{"dial_timeout:", "must not be negative"}},
 		{"write_timeout bad duration", "to 127.0.0.1:5900\nwrite_timeout 5 parsecs", 4,
 			[]string{"write_timeout:", "expected one duration"}},
-		{"reload_close_after negative", "to 127.0.0.1:5900\nreload_close_after -5m", 4,
-			[]string{"reload_close_after:", "must not be negative"}},
 		{"message_type foo", "to 127.0.0.1:5900\nmessage_type foo", 4,
 			[]string{"message_type:", `"foo"`, "neither binary nor text"}},
 		{"message_type without arg", "to 127.0.0.1:5900\nmessage_type", 4,
 			[]string{"message_type:", "expected binary or text"}},
-		{"buffer_size too small", "to 127.0.0.1:5900\nbuffer_size 10", 4,
-			[]string{"buffer_size:", "10", "outside 512 B to 16 MiB"}},
-		{"buffer_size too large", "to 127.0.0.1:5900\nbuffer_size 1GiB", 4,
-			[]string{"buffer_size:", "1GiB", "outside 512 B to 16 MiB"}},
+		{"buffer_size 0", "to 127.0.0.1:5900\nbuffer_size 0", 4,
+			[]string{"buffer_size:", "outside 512 B to 16 MiB"}},
 		{"buffer_size garbage", "to 127.0.0.1:5900\nbuffer_size lots", 4,
 			[]string{"buffer_size:", "invalid size", `"lots"`}},
 		{"buffer_size without arg", "to 127.0.0.1:5900\nbuffer_size", 4,
@@ -179,8 +178,6 @@ func TestCaddyfileErrors(t *testing.T) {
 			[]string{"validate_utf8:", "takes no arguments"}},
 		{"subprotocols without args", "to 127.0.0.1:5900\nsubprotocols", 4,
 			[]string{"subprotocols:", "at least one name"}},
-		{"subprotocols invalid token", "to 127.0.0.1:5900\nsubprotocols binary a,b", 4,
-			[]string{"subprotocols:", `"a,b"`, "not a valid protocol name"}},
 		{"upstream_tls with an arg", "to tls/10.0.0.1:443\nupstream_tls on {\n}", 4,
 			[]string{"upstream_tls:", "takes a block"}},
 		{"upstream_tls unknown sub", "to tls/10.0.0.1:443\nupstream_tls {\n\tca /etc/ca.pem\n\tclient_cert x.pem\n}", 6,
@@ -196,7 +193,7 @@ func TestCaddyfileErrors(t *testing.T) {
 }
 
 // TestCaddyfileProvisionErrors covers what the Caddyfile parser lets
-// through and Provision or Validate must refuse.
+// through and Provision must refuse.
 func TestCaddyfileProvisionErrors(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not-a-ca.pem")
@@ -211,42 +208,108 @@ func TestCaddyfileProvisionErrors(t *testing.T) {
 		want []string
 	}{
 		{"placeholder port", siteWith("to 127.0.0.1:{http.request.uri.query.port}"),
-			[]string{"to:", "placeholders", "allow_targets"}},
+			[]string{"upstreams[0].dial (to): ", "placeholders", "allow_targets"}},
 		{"placeholder host as directive arg", ":8080 {\n\tws_to_tcp {http.request.host}:5900\n}\n",
-			[]string{"to:", "allow_targets"}},
+			[]string{"upstreams[0].dial (to): ", "allow_targets"}},
 		{"URL", siteWith("to ws://x"),
-			[]string{"to:", `"ws://x"`, "not a URL"}},
+			[]string{"upstreams[0].dial (to): ", `"ws://x"`, "not a URL"}},
 		{"missing port", siteWith("to 127.0.0.1"),
-			[]string{"to:", "missing port"}},
+			[]string{"upstreams[0].dial (to): ", "missing port"}},
 		{"port 0", siteWith("to 127.0.0.1:0"),
-			[]string{"to:", `port "0"`, "1 to 65535"}},
+			[]string{"upstreams[0].dial (to): ", `port "0"`, "1 to 65535"}},
 		{"port 70000", siteWith("to 127.0.0.1:70000"),
-			[]string{"to:", `port "70000"`, "1 to 65535"}},
+			[]string{"upstreams[0].dial (to): ", `port "70000"`, "1 to 65535"}},
 		{"missing host", siteWith("to :5900"),
-			[]string{"to:", "missing host"}},
+			[]string{"upstreams[0].dial (to): ", "missing host"}},
 		{"second upstream bad", siteWith("to 127.0.0.1:5900 localhost:http"),
-			[]string{"to:", `"localhost:http"`, "1 to 65535"}},
+			[]string{"upstreams[1].dial (to): ", `"localhost:http"`, "1 to 65535"}},
 		{"unix without path", siteWith("to unix/"),
-			[]string{"to:", "missing socket path"}},
+			[]string{"upstreams[0].dial (to): ", "missing socket path"}},
 		{"no to at all", siteWith("dial_timeout 1s"),
-			[]string{"to:", "at least one upstream"}},
+			[]string{"upstreams (to): ", "at least one upstream"}},
 		{"no to and no block", ":8080 {\n\tws_to_tcp\n}\n",
-			[]string{"to:", "at least one upstream"}},
+			[]string{"upstreams (to): ", "at least one upstream"}},
 		{"ca file does not exist", siteWith("to tls/10.0.0.1:443\nupstream_tls {\n\tca " + missing + "\n}"),
-			[]string{"upstream_tls:", "ca:", "does-not-exist.pem"}},
+			[]string{"upstream_tls.ca: ", "does-not-exist.pem"}},
 		{"ca file without PEM", siteWith("to tls/10.0.0.1:443\nupstream_tls {\n\tca " + notPEM + "\n}"),
-			[]string{"upstream_tls:", "ca:", "no PEM certificate"}},
+			[]string{"upstream_tls.ca: ", "no PEM certificate"}},
+
+		// Values the Caddyfile parser passes on (they are written as their
+		// kind says) and Provision refuses for what they mean.
+		{"dial_timeout negative", siteWith("to 127.0.0.1:5900\ndial_timeout -1s"),
+			[]string{"dial_timeout: must not be negative"}},
+		{"reload_close_after negative", siteWith("to 127.0.0.1:5900\nreload_close_after -5m"),
+			[]string{"reload_close_after: must not be negative"}},
+		{"buffer_size too small", siteWith("to 127.0.0.1:5900\nbuffer_size 10"),
+			[]string{"buffer_size: 10 bytes is outside 512 B to 16 MiB"}},
+		{"buffer_size too large", siteWith("to 127.0.0.1:5900\nbuffer_size 1GiB"),
+			[]string{"buffer_size: 1073741824 bytes is outside 512 B to 16 MiB"}},
+		{"subprotocols invalid token", siteWith("to 127.0.0.1:5900\nsubprotocols binary a,b"),
+			[]string{"subprotocols[1] (subprotocols): ", `"a,b"`, "not a valid protocol name"}},
+		{"heartbeat_payload without heartbeat", siteWith("to 127.0.0.1:5900\nheartbeat_payload text ping"),
+			[]string{"heartbeat_text (heartbeat_payload): needs heartbeat_interval"}},
+		{"throttle burst only", siteWith("to 127.0.0.1:5900\nthrottle {\n\tburst 1KiB\n}"),
+			[]string{"throttle: set read, write or both"}},
+		{"origins bad pattern", siteWith("to 127.0.0.1:5900\norigins https://ok.example https://exa mple.com/"),
+			[]string{"origins: ", `"mple.com/"`, "scheme://host"}},
+		{"origins with path", siteWith("to 127.0.0.1:5900\norigins https://example.com/app"),
+			[]string{"origins: ", "no path"}},
+		{"origins star and more", siteWith("to 127.0.0.1:5900\norigins * https://example.com"),
+			[]string{"origins: ", "every origin"}},
+		{"auth empty", siteWith("to 127.0.0.1:5900\nauth {\n}"),
+			[]string{"auth: configure basic, bearer or jwt"}},
+		{"basic plaintext", siteWith("to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\talice hunter2\n\t}\n}"),
+			[]string{"auth.basic[0].password (auth > basic): ", `"alice"`, "bcrypt hash", "not plain text"}},
+		{"jwt no key", siteWith("to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tissuer x\n\t}\n}"),
+			[]string{"auth.jwt: configure exactly one of secret, public_key and jwks_file"}},
+		{"jwt two keys", siteWith("to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\tjwks_file f\n\t}\n}"),
+			[]string{"auth.jwt: configure exactly one"}},
+		{"jwt negative leeway", siteWith("to 127.0.0.1:5900\nauth {\n\tjwt {\n\t\tsecret s\n\t\tleeway -1s\n\t}\n}"),
+			[]string{"auth.jwt.leeway: must not be negative"}},
+		{"lb_retries negative", siteWith("to 127.0.0.1:5900\nlb_retries -1"),
+			[]string{"load_balancing.retries (lb_retries): must not be negative"}},
+		{"health_send bad escape", siteWith("to 127.0.0.1:5900\nhealth_interval 1s\nhealth_send \"PING\\xZZ\""),
+			[]string{"health_checks.active.send (health_send): ", "hex"}},
+		{"health_expect without interval", siteWith("to 127.0.0.1:5900\nhealth_expect PONG"),
+			[]string{"health_checks.active.interval (health_interval): ", "positive interval is required"}},
+		{"max_fails without fail_duration", siteWith("to 127.0.0.1:5900\nmax_fails 2"),
+			[]string{"health_checks.passive.max_fails (max_fails): needs fail_duration"}},
+		{"preamble bad escape", siteWith("to 127.0.0.1:5900\npreamble `LOGIN\\x1`"),
+			[]string{"preamble: ", "hex"}},
+		{"targets without source", siteWith("targets {\n\tquery token\n}"),
+			[]string{"targets: configure at least one source"}},
+		{"targets query not plain", siteWith("targets {\n\tquery a&b\n\tfile /x\n}"),
+			[]string{"targets.query: ", "plain parameter"}},
+		{"targets path", siteWith("targets {\n\tpath seg\n\tfile /x\n}"),
+			[]string{"targets.path: ", `"seg"`}},
+		{"targets cookie", siteWith("targets {\n\tcookie a;b\n\tfile /x\n}"),
+			[]string{"targets.cookie: ", "not a valid cookie name"}},
+		{"targets map value", siteWith("targets {\n\tmap {\n\t\tsecret-tok nowhere\n\t}\n}"),
+			[]string{"targets.map: ", `"nowhere"`}},
+		{"targets cache_ttl negative", siteWith("targets {\n\tfile /x\n\tcache_ttl -1s\n}"),
+			[]string{"targets.cache_ttl: must not be negative"}},
+		{"targets redis URL", siteWith("targets {\n\tredis http://:hunter2@x/\n}"),
+			[]string{"targets.redis.url (targets > redis): ", "redis://"}},
+		{"allow_targets port", siteWith("targets {\n\tfile /x\n}\nallow_targets 10.0.0.0/8:0-1"),
+			[]string{"allow_targets: ", "not a port"}},
+		{"allow_targets relative socket", siteWith("targets {\n\tfile /x\n}\nallow_targets unix/run/*.sock"),
+			[]string{"allow_targets: ", "absolute"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, err := loadHandler(t, tt.cfg)
 			if err == nil {
-				t.Fatalf("Provision and Validate accepted the handler %+v, want an error for:\n%s", h, tt.cfg)
+				t.Fatalf("Provision accepted the handler %+v, want an error for:\n%s", h, tt.cfg)
 			}
 			t.Logf("error: %v", err)
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			for _, secret := range []string{"hunter2", "secret-tok"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error %q shows the secret %q", err, secret)
 				}
 			}
 		})

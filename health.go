@@ -104,64 +104,66 @@ type activeCheck struct {
 	fails, passes     int
 }
 
+// provisionHealth checks and compiles the health check settings.
 func (b *balancer) provisionHealth(hc *HealthChecks) error {
 	if hc == nil {
 		return nil
 	}
-	if p := hc.Passive; p != nil && p.FailDuration > 0 {
-		b.failDuration = time.Duration(p.FailDuration)
-		b.maxFails = max(p.MaxFails, 1)
-	}
-	if a := hc.Active; a != nil && a.Interval > 0 {
-		send, err := unescape(a.Send)
-		if err != nil {
-			return fmt.Errorf("health_send: %v", err)
-		}
-		expect, err := unescape(a.Expect)
-		if err != nil {
-			return fmt.Errorf("health_expect: %v", err)
-		}
-		b.active = &activeCheck{
-			interval: time.Duration(a.Interval),
-			timeout:  time.Duration(a.Timeout),
-			send:     []byte(send),
-			expect:   []byte(expect),
-			fails:    max(a.Fails, 1),
-			passes:   max(a.Passes, 1),
-		}
-		if b.active.timeout <= 0 {
-			b.active.timeout = defaultHealthTimeout
-		}
-	}
-	return nil
-}
-
-func validateHealth(hc *HealthChecks) error {
-	if hc == nil {
-		return nil
-	}
-	if a := hc.Active; a != nil {
-		if a.Interval <= 0 {
-			return fmt.Errorf("health_interval: a positive interval is required for active health checks " +
-				"(health_timeout, health_send, health_expect, health_fails and health_passes need it)")
-		}
-		if a.Timeout < 0 || a.Fails < 0 || a.Passes < 0 {
-			return fmt.Errorf("health_timeout, health_fails and health_passes must not be negative")
-		}
-		if _, err := unescape(a.Send); err != nil {
-			return fmt.Errorf("health_send: %v", err)
-		}
-		if _, err := unescape(a.Expect); err != nil {
-			return fmt.Errorf("health_expect: %v", err)
-		}
-	}
 	if p := hc.Passive; p != nil {
-		if p.FailDuration < 0 || p.MaxFails < 0 {
-			return fmt.Errorf("fail_duration and max_fails must not be negative")
+		if p.FailDuration < 0 {
+			return settingError("health_checks.passive.fail_duration", "fail_duration", "must not be negative")
+		}
+		if p.MaxFails < 0 {
+			return settingError("health_checks.passive.max_fails", "max_fails", "must not be negative")
 		}
 		if p.MaxFails > 0 && p.FailDuration == 0 {
-			return fmt.Errorf("max_fails: needs fail_duration, which turns passive health checks on")
+			return settingError("health_checks.passive.max_fails", "max_fails",
+				"needs fail_duration, which turns passive health checks on")
 		}
+		if p.FailDuration > 0 {
+			b.failDuration = time.Duration(p.FailDuration)
+			b.maxFails = max(p.MaxFails, 1)
+		}
+	}
+	a := hc.Active
+	if a == nil {
+		return nil
+	}
+	if a.Interval <= 0 {
+		return settingError("health_checks.active.interval", "health_interval",
+			"a positive interval is required for active health checks "+
+				"(health_timeout, health_send, health_expect, health_fails and health_passes need it)")
+	}
+	for _, f := range []struct {
+		path, sub string
+		v         int64
+	}{
+		{"health_checks.active.timeout", "health_timeout", int64(a.Timeout)},
+		{"health_checks.active.fails", "health_fails", int64(a.Fails)},
+		{"health_checks.active.passes", "health_passes", int64(a.Passes)},
+	} {
+		if f.v < 0 {
+			return settingError(f.path, f.sub, "must not be negative")
+		}
+	}
+	send, err := unescape(a.Send)
+	if err != nil {
+		return settingError("health_checks.active.send", "health_send", "%v", err)
+	}
+	expect, err := unescape(a.Expect)
+	if err != nil {
+		return settingError("health_checks.active.expect", "health_expect", "%v", err)
+	}
+	b.active = &activeCheck{
+		interval: time.Duration(a.Interval),
+		timeout:  time.Duration(a.Timeout),
+		send:     []byte(send),
+		expect:   []byte(expect),
+		fails:    max(a.Fails, 1),
+		passes:   max(a.Passes, 1),
+	}
+	if b.active.timeout == 0 {
+		b.active.timeout = defaultHealthTimeout
 	}
 	return nil
 }

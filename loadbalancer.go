@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +18,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -134,30 +132,30 @@ func (h *Handler) provisionBalancer(ctx caddy.Context) error {
 	return nil
 }
 
-// validateBalancer checks the load-balancing, health, PROXY and preamble
-// settings; it does no I/O.
+// validateBalancer checks the load-balancing and PROXY settings before
+// provisionBalancer takes any reference; the preamble is checked by
+// provisionBalancer and the health checks by provisionHealth, which
+// compile them.
 func (h *Handler) validateBalancer() error {
 	if lb := h.LoadBalancing; lb != nil {
 		if lb.SelectionPolicy != "" && !isPolicy(lb.SelectionPolicy) {
-			return fmt.Errorf("lb_policy: unknown policy %q; the policies are %v", lb.SelectionPolicy, policies)
+			return settingError("load_balancing.selection_policy", "lb_policy",
+				"unknown policy %q; expected one of %s", lb.SelectionPolicy, strings.Join(policies, ", "))
 		}
 		if lb.Retries < 0 {
-			return fmt.Errorf("lb_retries: must not be negative")
+			return settingError("load_balancing.retries", "lb_retries", "must not be negative")
 		}
 	}
 	if h.MaxConnectionsPerUpstream < 0 {
-		return fmt.Errorf("max_connections_per_upstream: must not be negative")
+		return settingError("max_connections_per_upstream", "", "must not be negative")
 	}
-	switch h.ProxyProtocol {
-	case "", "v1", "v2":
-	default:
-		return fmt.Errorf("proxy_protocol: %q is neither v1 nor v2", h.ProxyProtocol)
+	if h.ProxyProtocol != "" && !isProxyVersion(h.ProxyProtocol) {
+		return settingError("proxy_protocol", "", "%q is neither v1 nor v2", h.ProxyProtocol)
 	}
-	if _, err := unescape(h.Preamble); err != nil {
-		return fmt.Errorf("preamble: %v", err)
-	}
-	return validateHealth(h.HealthChecks)
+	return nil
 }
+
+func isProxyVersion(v string) bool { return v == "v1" || v == "v2" }
 
 func isPolicy(p string) bool {
 	for _, q := range policies {
@@ -469,102 +467,4 @@ func (b *balancer) anyHealthy() bool {
 		}
 	}
 	return false
-}
-
-// parseBalancerOption reads one of the load-balancing, health, PROXY and
-// preamble subdirectives of the Caddyfile (see UnmarshalCaddyfile).
-func (h *Handler) parseBalancerOption(d *caddyfile.Dispenser) error {
-	sub := d.Val()
-	lb := func() *LoadBalancing {
-		if h.LoadBalancing == nil {
-			h.LoadBalancing = new(LoadBalancing)
-		}
-		return h.LoadBalancing
-	}
-	active := func() *ActiveHealthChecks {
-		if h.HealthChecks == nil {
-			h.HealthChecks = new(HealthChecks)
-		}
-		if h.HealthChecks.Active == nil {
-			h.HealthChecks.Active = new(ActiveHealthChecks)
-		}
-		return h.HealthChecks.Active
-	}
-	passive := func() *PassiveHealthChecks {
-		if h.HealthChecks == nil {
-			h.HealthChecks = new(HealthChecks)
-		}
-		if h.HealthChecks.Passive == nil {
-			h.HealthChecks.Passive = new(PassiveHealthChecks)
-		}
-		return h.HealthChecks.Passive
-	}
-	// bytesArg reads the one argument of health_send, health_expect and
-	// preamble, and checks its escapes.
-	bytesArg := func(dst *string) error {
-		if !d.AllArgs(dst) || *dst == "" {
-			return d.Errf("%s: expected one non-empty argument (quote it if it has spaces)", sub)
-		}
-		if _, err := unescape(*dst); err != nil {
-			return d.Errf("%s: %v", sub, err)
-		}
-		return nil
-	}
-	positive := func(dst *caddy.Duration) error {
-		if err := parseDuration(d, dst); err != nil {
-			return err
-		}
-		if *dst == 0 {
-			return d.Errf("%s: must be more than 0", sub)
-		}
-		return nil
-	}
-	switch sub {
-	case "lb_policy":
-		var p string
-		if !d.AllArgs(&p) {
-			return d.Errf("lb_policy: expected one of %s", strings.Join(policies, ", "))
-		}
-		if !isPolicy(p) {
-			return d.Errf("lb_policy: unknown policy %q; expected one of %s", p, strings.Join(policies, ", "))
-		}
-		lb().SelectionPolicy = p
-	case "lb_retries":
-		var s string
-		if !d.AllArgs(&s) {
-			return d.Errf("lb_retries: expected one number")
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			return d.Errf("lb_retries: %q is not a whole number of 0 or more", s)
-		}
-		lb().Retries = n
-	case "max_connections_per_upstream":
-		return parseCount(d, &h.MaxConnectionsPerUpstream)
-	case "health_interval":
-		return positive(&active().Interval)
-	case "health_timeout":
-		return positive(&active().Timeout)
-	case "health_send":
-		return bytesArg(&active().Send)
-	case "health_expect":
-		return bytesArg(&active().Expect)
-	case "health_fails":
-		return parseCount(d, &active().Fails)
-	case "health_passes":
-		return parseCount(d, &active().Passes)
-	case "fail_duration":
-		return positive(&passive().FailDuration)
-	case "max_fails":
-		return parseCount(d, &passive().MaxFails)
-	case "proxy_protocol":
-		var v string
-		if !d.AllArgs(&v) || (v != "v1" && v != "v2") {
-			return d.Errf("proxy_protocol: expected v1 or v2")
-		}
-		h.ProxyProtocol = v
-	case "preamble":
-		return bytesArg(&h.Preamble)
-	}
-	return nil
 }

@@ -306,28 +306,25 @@ func TestBalancerCaddyfileErrors(t *testing.T) {
 		{"lb_policy unknown", "to 127.0.0.1:5900\nlb_policy weighted", 4, []string{"lb_policy:", `"weighted"`, "round_robin"}},
 		{"lb_policy without arg", "to 127.0.0.1:5900\nlb_policy", 4, []string{"lb_policy:", "expected one of"}},
 		{"lb_policy two args", "to 127.0.0.1:5900\nlb_policy first random", 4, []string{"lb_policy:"}},
-		{"lb_retries negative", "to 127.0.0.1:5900\nlb_retries -1", 4, []string{"lb_retries:", `"-1"`}},
-		{"lb_retries word", "to 127.0.0.1:5900\nlb_retries some", 4, []string{"lb_retries:", `"some"`}},
+		{"lb_retries word", "to 127.0.0.1:5900\nlb_retries some", 4, []string{"lb_retries:", `"some"`, "not a whole number"}},
 		{"max_connections_per_upstream 0", "to 127.0.0.1:5900\nmax_connections_per_upstream 0", 4, []string{"max_connections_per_upstream:", "positive"}},
 		{"health_interval bad", "to 127.0.0.1:5900\nhealth_interval often", 4, []string{"health_interval:", "invalid duration"}},
 		{"health_interval 0", "to 127.0.0.1:5900\nhealth_interval 0s", 4, []string{"health_interval:", "more than 0"}},
 		{"health_timeout without arg", "to 127.0.0.1:5900\nhealth_timeout", 4, []string{"health_timeout:", "expected one duration"}},
 		{"health_send empty", "to 127.0.0.1:5900\nhealth_send \"\"", 4, []string{"health_send:", "non-empty"}},
-		{"health_send bad escape", "to 127.0.0.1:5900\nhealth_send \"PING\\xZZ\"", 4, []string{"health_send:", "hex"}},
 		{"health_expect two args", "to 127.0.0.1:5900\nhealth_expect a b", 4, []string{"health_expect:", "quote it"}},
 		{"health_fails 0", "to 127.0.0.1:5900\nhealth_fails 0", 4, []string{"health_fails:", "positive"}},
 		{"health_passes word", "to 127.0.0.1:5900\nhealth_passes two", 4, []string{"health_passes:", `"two"`}},
-		{"fail_duration negative", "to 127.0.0.1:5900\nfail_duration -1s", 4, []string{"fail_duration:", "negative"}},
+		{"fail_duration negative", "to 127.0.0.1:5900\nfail_duration -1s", 4, []string{"fail_duration:", "more than 0"}},
 		{"max_fails 0", "to 127.0.0.1:5900\nmax_fails 0", 4, []string{"max_fails:", "positive"}},
 		{"proxy_protocol v3", "to 127.0.0.1:5900\nproxy_protocol v3", 4, []string{"proxy_protocol:", "v1 or v2"}},
 		{"proxy_protocol without arg", "to 127.0.0.1:5900\nproxy_protocol", 4, []string{"proxy_protocol:", "v1 or v2"}},
-		{"preamble bad escape", "to 127.0.0.1:5900\npreamble `LOGIN\\x1`", 4, []string{"preamble:", "hex"}},
 		{"preamble twice", "to 127.0.0.1:5900\npreamble a\npreamble b", 5, []string{"preamble", "already specified"}},
 	}
 	checkCaddyfileErrors(t, tests)
 }
 
-// What the Caddyfile lets through (or JSON says) and Provision or Validate
+// What the Caddyfile lets through (or JSON says) and Provision
 // refuse.
 func TestBalancerValidateErrors(t *testing.T) {
 	tests := []struct {
@@ -335,17 +332,17 @@ func TestBalancerValidateErrors(t *testing.T) {
 		js   string
 		want string
 	}{
-		{"unknown policy", `"load_balancing": {"selection_policy": "weighted"}`, "lb_policy: unknown policy"},
-		{"negative retries", `"load_balancing": {"retries": -1}`, "lb_retries: must not be negative"},
-		{"negative limit", `"max_connections_per_upstream": -1`, "max_connections_per_upstream"},
-		{"proxy v3", `"proxy_protocol": "v3"`, "proxy_protocol"},
-		{"bad preamble", `"preamble": "\\x4"`, "preamble:"},
-		{"timeout without interval", `"health_checks": {"active": {"timeout": "1s"}}`, "health_interval: a positive interval is required"},
-		{"send without interval", `"health_checks": {"active": {"send": "PING"}}`, "health_interval"},
-		{"bad send", `"health_checks": {"active": {"interval": "1s", "send": "\\xq1"}}`, "health_send:"},
-		{"bad expect", `"health_checks": {"active": {"interval": "1s", "expect": "\\x"}}`, "health_expect:"},
-		{"negative fails", `"health_checks": {"active": {"interval": "1s", "fails": -1}}`, "must not be negative"},
-		{"max_fails alone", `"health_checks": {"passive": {"max_fails": 3}}`, "max_fails: needs fail_duration"},
+		{"unknown policy", `"load_balancing": {"selection_policy": "weighted"}`, `load_balancing.selection_policy (lb_policy): unknown policy "weighted"`},
+		{"negative retries", `"load_balancing": {"retries": -1}`, "load_balancing.retries (lb_retries): must not be negative"},
+		{"negative limit", `"max_connections_per_upstream": -1`, "max_connections_per_upstream: must not be negative"},
+		{"proxy v3", `"proxy_protocol": "v3"`, `proxy_protocol: "v3" is neither v1 nor v2`},
+		{"bad preamble", `"preamble": "\\x4"`, "preamble: "},
+		{"timeout without interval", `"health_checks": {"active": {"timeout": "1s"}}`, "health_checks.active.interval (health_interval): a positive interval is required"},
+		{"send without interval", `"health_checks": {"active": {"send": "PING"}}`, "health_checks.active.interval (health_interval): "},
+		{"bad send", `"health_checks": {"active": {"interval": "1s", "send": "\\xq1"}}`, "health_checks.active.send (health_send): "},
+		{"bad expect", `"health_checks": {"active": {"interval": "1s", "expect": "\\x"}}`, "health_checks.active.expect (health_expect): "},
+		{"negative fails", `"health_checks": {"active": {"interval": "1s", "fails": -1}}`, "health_checks.active.fails (health_fails): must not be negative"},
+		{"max_fails alone", `"health_checks": {"passive": {"max_fails": 3}}`, "health_checks.passive.max_fails (max_fails): needs fail_duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,9 +353,6 @@ func TestBalancerValidateErrors(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
 			err := h.Provision(ctx)
-			if err == nil {
-				err = h.Validate()
-			}
 			h.Cleanup()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want one containing %q", err, tt.want)

@@ -6,9 +6,10 @@ package wstotcp
 import (
 	"crypto/tls"
 	"fmt"
+	"math"
 	"net/http"
+	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
@@ -258,12 +259,21 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the handler. It does no network I/O, so that it is
-// cheap for `caddy validate` and config reloads.
+// Provision checks the settings and sets up the handler. It is the one
+// place where what the settings mean is checked (see caddyfile.go for
+// what the Caddyfile parser checks), and its errors name the JSON field
+// and the subdirective (settingError). It does no network I/O, so that it
+// is cheap for `caddy validate` and config reloads.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger()
 
+	if err := h.validateSettings(); err != nil {
+		return err
+	}
+	if err := h.validateBalancer(); err != nil {
+		return err
+	}
 	if h.DialTimeout == 0 {
 		h.DialTimeout = caddy.Duration(defaultDialTimeout)
 	}
@@ -279,19 +289,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	for i, u := range h.Upstreams {
 		if u == nil {
-			return fmt.Errorf("upstreams[%d]: empty", i)
+			return settingError(fmt.Sprintf("upstreams[%d]", i), "to", "empty")
 		}
 		if err := u.parse(); err != nil {
-			return fmt.Errorf("to: %v", err)
+			return settingError(fmt.Sprintf("upstreams[%d].dial", i), "to", "%v", err)
 		}
 	}
 	if err := h.provisionTargets(); err != nil {
 		return err
 	}
+	if len(h.Upstreams) == 0 && h.targets == nil {
+		return settingError("upstreams", "to", "at least one upstream is required, or targets")
+	}
 	if h.UpstreamTLS != nil || h.anyTLSUpstream() || h.targets != nil {
 		cfg, err := h.UpstreamTLS.tlsConfig()
 		if err != nil {
-			return fmt.Errorf("upstream_tls: %v", err)
+			return err
 		}
 		h.upstreamTLS = cfg
 	}
@@ -329,50 +342,98 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionBalancer(ctx); err != nil {
 		return err
 	}
+	h.provisionStreams(ctx)
 	return nil
 }
 
-// Validate checks the configuration; it does no I/O.
-func (h *Handler) Validate() error {
-	if len(h.Upstreams) == 0 && h.targets == nil {
-		return fmt.Errorf("to: at least one upstream is required")
+// validateSettings checks the handler's own plain settings: those of the
+// tunnel (sizes, timeouts, heartbeat, throttle) and of the handshake
+// (subprotocols). The grouped ones are checked where they are compiled:
+// provisionTargets, provisionAdmission, validateBalancer, provisionHealth.
+func (h *Handler) validateSettings() error {
+	if h.MessageType != "" && !isMessageType(h.MessageType) {
+		return settingError("message_type", "", "%q is neither binary nor text", h.MessageType)
 	}
-	switch h.MessageType {
-	case "", "binary", "text":
-	default:
-		return fmt.Errorf("message_type: %q is neither binary nor text", h.MessageType)
-	}
-	if h.BufferSize < minBufferSize || h.BufferSize > maxBufferSize {
-		return fmt.Errorf("buffer_size: %d bytes is outside %d B to %d MiB", h.BufferSize, minBufferSize, maxBufferSize>>20)
+	if h.BufferSize != 0 && (h.BufferSize < minBufferSize || h.BufferSize > maxBufferSize) {
+		return settingError("buffer_size", "", "%d bytes is outside %d B to %d MiB", h.BufferSize, minBufferSize, maxBufferSize>>20)
 	}
 	if h.MaxMessageSize < 0 {
-		return fmt.Errorf("max_message_size: must not be negative")
+		return settingError("max_message_size", "", "must not be negative")
 	}
-	if h.DialTimeout < 0 || h.WriteTimeout < 0 || h.ReloadCloseAfter < 0 || h.IdleTimeout < 0 ||
-		h.HeartbeatInterval < 0 || h.HeartbeatTimeout < 0 {
-		return fmt.Errorf("durations must not be negative")
-	}
-	if h.HeartbeatText != "" && h.HeartbeatInterval == 0 {
-		return fmt.Errorf("heartbeat_payload: needs heartbeat <interval>")
-	}
-	if h.HeartbeatText != "" && !utf8.ValidString(h.HeartbeatText) {
-		return fmt.Errorf("heartbeat_payload: text must be UTF-8")
-	}
-	if th := h.Throttle; th != nil && (th.Read < 0 || th.Write < 0 || th.Burst < 0) {
-		return fmt.Errorf("throttle: rates and burst must not be negative")
-	}
-	for _, p := range h.Subprotocols {
-		if !isToken(p) {
-			return fmt.Errorf("subprotocols: %q is not a valid protocol name", p)
+	for _, d := range []struct {
+		path, sub string
+		v         caddy.Duration
+	}{
+		{"dial_timeout", "", h.DialTimeout},
+		{"write_timeout", "", h.WriteTimeout},
+		{"reload_close_after", "", h.ReloadCloseAfter},
+		{"idle_timeout", "", h.IdleTimeout},
+		{"heartbeat_interval", "heartbeat", h.HeartbeatInterval},
+		{"heartbeat_timeout", "heartbeat", h.HeartbeatTimeout},
+	} {
+		if d.v < 0 {
+			return settingError(d.path, d.sub, "must not be negative")
 		}
 	}
-	if err := h.validateAdmission(); err != nil {
+	if h.HeartbeatTimeout > 0 && h.HeartbeatInterval == 0 {
+		return settingError("heartbeat_timeout", "heartbeat", "needs heartbeat_interval")
+	}
+	// heartbeat_text is UTF-8: Caddy loads the module from JSON, whose
+	// decoder replaces invalid bytes.
+	if h.HeartbeatText != "" && h.HeartbeatInterval == 0 {
+		return settingError("heartbeat_text", "heartbeat_payload", "needs heartbeat_interval (heartbeat <interval>)")
+	}
+	if err := h.Throttle.validate(); err != nil {
 		return err
 	}
-	if err := h.validateBalancer(); err != nil {
-		return err
+	for i, p := range h.Subprotocols {
+		if !isToken(p) {
+			return settingError(fmt.Sprintf("subprotocols[%d]", i), "subprotocols", "%q is not a valid protocol name", p)
+		}
+		if len(p) >= len(bearerProtocolPrefix) && strings.EqualFold(p[:len(bearerProtocolPrefix)], bearerProtocolPrefix) {
+			return settingError(fmt.Sprintf("subprotocols[%d]", i), "subprotocols",
+				"%q: the prefix %q is reserved for tokens, which are never echoed", p, bearerProtocolPrefix)
+		}
 	}
 	return nil
+}
+
+// validate checks the throttle's rates and burst.
+func (th *Throttle) validate() error {
+	if th == nil {
+		return nil
+	}
+	for _, r := range []struct {
+		path string
+		v    int64
+	}{{"throttle.read", th.Read}, {"throttle.write", th.Write}, {"throttle.burst", th.Burst}} {
+		if r.v < 0 {
+			return settingError(r.path, "throttle", "must not be negative")
+		}
+	}
+	if th.Read == 0 && th.Write == 0 {
+		return settingError("throttle", "", "set read, write or both")
+	}
+	if th.Burst > math.MaxInt32 {
+		return settingError("throttle.burst", "throttle", "%d bytes is more than 2 GiB", th.Burst)
+	}
+	return nil
+}
+
+func isMessageType(s string) bool { return s == "binary" || s == "text" }
+
+// settingError is a load-time error about one setting. It names the
+// setting by its JSON field path (path, e.g. `load_balancing.retries` or
+// `upstreams[1].dial`) and, when the Caddyfile spells it differently, by
+// its subdirective (sub, with nested ones as `auth > basic`), so that both
+// JSON and Caddyfile users find it:
+// `load_balancing.selection_policy (lb_policy): unknown policy "foo"`.
+func settingError(path, sub, format string, args ...any) error {
+	name := path
+	if sub != "" && sub != path {
+		name += " (" + sub + ")"
+	}
+	return fmt.Errorf("%s: %w", name, fmt.Errorf(format, args...))
 }
 
 // Cleanup runs when the configuration is unloaded (reload or stop). The HTTP
@@ -414,7 +475,6 @@ func (unusedPool) Put(any)  {}
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

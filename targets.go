@@ -295,31 +295,31 @@ type targetResolver struct {
 // placeholders leaves Upstreams, as it is resolved per request here. It
 // does no network I/O (the token file is read).
 func (h *Handler) provisionTargets() error {
-	var tmpl *Upstream
-	for _, u := range h.Upstreams {
+	tmpl, at := (*Upstream)(nil), ""
+	for i, u := range h.Upstreams {
 		if u.template {
-			tmpl = u
+			tmpl, at = u, fmt.Sprintf("upstreams[%d].dial", i)
 		}
 	}
 	if tmpl != nil {
 		switch {
 		case len(h.AllowTargets) == 0:
-			return fmt.Errorf("to: %q: placeholders in an upstream address need allow_targets, "+
+			return settingError(at, "to", "%q: placeholders in an upstream address need allow_targets, "+
 				"so that clients cannot make this server connect anywhere it can reach", tmpl.Dial)
 		case len(h.Upstreams) > 1:
-			return fmt.Errorf("to: %q: an address with placeholders must be the only upstream", tmpl.Dial)
+			return settingError(at, "to", "%q: an address with placeholders must be the only upstream", tmpl.Dial)
 		case h.Targets != nil:
-			return errors.New("to: an address with placeholders and targets cannot be combined")
+			return settingError(at, "to", "an address with placeholders and targets cannot be combined")
 		}
 	}
 	if h.Targets != nil && len(h.Upstreams) > 0 {
-		return errors.New("targets: the upstream is chosen by the token: remove to and the upstream arguments")
+		return settingError("targets", "", "the upstream is chosen by the token: remove upstreams (to, and the directive's upstream arguments)")
 	}
 	var allow *allowList
 	if len(h.AllowTargets) > 0 {
 		a, err := compileAllowList(h.AllowTargets)
 		if err != nil {
-			return fmt.Errorf("allow_targets: %v", err)
+			return settingError("allow_targets", "", "%v", err)
 		}
 		allow = a
 	}
@@ -338,16 +338,21 @@ func (h *Handler) provisionTargets() error {
 	}
 	if err := rt.provision(h); err != nil {
 		rt.close()
-		return fmt.Errorf("targets: %v", err)
+		return err
 	}
 	h.targets = rt
 	return nil
 }
 
+// provision checks and compiles the targets block; its errors name the
+// setting, never a token.
 func (rt *targetResolver) provision(h *Handler) error {
 	c := h.Targets
-	if c.Timeout < 0 || (c.CacheTTL != nil && *c.CacheTTL < 0) {
-		return errors.New("timeout and cache_ttl must not be negative")
+	if c.Timeout < 0 {
+		return settingError("targets.timeout", "", "must not be negative")
+	}
+	if c.CacheTTL != nil && *c.CacheTTL < 0 {
+		return settingError("targets.cache_ttl", "", "must not be negative")
 	}
 	if c.Timeout > 0 {
 		rt.timeout = time.Duration(c.Timeout)
@@ -357,32 +362,30 @@ func (rt *targetResolver) provision(h *Handler) error {
 		rt.query = defaultTargetQuery
 	}
 	if strings.ContainsAny(rt.query, "&=#?+% \t") {
-		return fmt.Errorf("query: %q is not a plain parameter name", rt.query)
+		return settingError("targets.query", "", "%q is not a plain parameter name", rt.query)
 	}
 	if rt.cookie != "" && !isToken(rt.cookie) {
-		return fmt.Errorf("cookie: %q is not a valid cookie name", rt.cookie)
+		return settingError("targets.cookie", "", "%q is not a valid cookie name", rt.cookie)
 	}
-	if _, err := strconv.Atoi(rt.path); err == nil {
-		if n, _ := strconv.Atoi(rt.path); n < 0 {
-			return fmt.Errorf("path: %q: a segment index is 0 or more", rt.path)
+	if n, err := strconv.Atoi(rt.path); err == nil {
+		if n < 0 {
+			return settingError("targets.path", "", "%q: a segment index is 0 or more", rt.path)
 		}
 		rt.path = "{http.request.uri.path." + rt.path + "}"
 	} else if rt.path != "" && !strings.Contains(rt.path, "{") {
-		return fmt.Errorf("path: %q is neither a segment index nor a placeholder such as {http.request.uri.path.1}", rt.path)
+		return settingError("targets.path", "", "%q is neither a segment index nor a placeholder such as {http.request.uri.path.1}", rt.path)
 	}
-	switch c.Host {
-	case "", "full", "label":
-		rt.host = c.Host
-	default:
-		return fmt.Errorf("host: %q is neither full nor label", c.Host)
+	if c.Host != "" && !isHostCarrier(c.Host) {
+		return settingError("targets.host", "", "%q is neither full nor label", c.Host)
 	}
+	rt.host = c.Host
 	if rt.query != "" && h.Auth != nil {
 		authQuery := h.Auth.TokenQuery
 		if authQuery == "" {
 			authQuery = defaultTokenQuery
 		}
 		if authQuery == rt.query {
-			return fmt.Errorf("query: %q is also the auth block's token_query: give them different names", rt.query)
+			return settingError("targets.query", "", "%q is also auth.token_query (the auth block's token_query): give them different names", rt.query)
 		}
 	}
 
@@ -395,12 +398,12 @@ func (rt *targetResolver) provision(h *Handler) error {
 		sort.Strings(keys)
 		for i, k := range keys {
 			if k == "" {
-				return errors.New("map: an empty token")
+				return settingError("targets.map", "", "an empty token")
 			}
 			t, err := parseTargetValue(c.Map[k])
 			if err != nil {
 				// the token is a secret: name the entry by its value
-				return fmt.Errorf("map: entry %d (%q): %v", i+1, c.Map[k], err)
+				return settingError("targets.map", "", "entry %d (%q): %v", i+1, c.Map[k], err)
 			}
 			rt.table[k] = t
 		}
@@ -409,26 +412,26 @@ func (rt *targetResolver) provision(h *Handler) error {
 	if c.File != "" {
 		fs, err := newFileSource(repl.ReplaceKnown(c.File, ""), rt.logger)
 		if err != nil {
-			return fmt.Errorf("file: %v", err)
+			return settingError("targets.file", "", "%v", err)
 		}
 		rt.file = fs
 	}
 	if c.HTTP != "" {
 		src, err := newHTTPSource(repl.ReplaceKnown(c.HTTP, ""), rt.timeout)
 		if err != nil {
-			return fmt.Errorf("http: %v", err)
+			return settingError("targets.http", "", "%v", err)
 		}
 		rt.remote = append(rt.remote, src)
 	}
 	if c.Redis != nil {
 		src, err := newRedisSource(repl.ReplaceKnown(c.Redis.URL, ""), c.Redis.Prefix, rt.timeout)
 		if err != nil {
-			return fmt.Errorf("redis: %v", err)
+			return settingError("targets.redis.url", "targets > redis", "%v", err)
 		}
 		rt.remote = append(rt.remote, src)
 	}
 	if rt.table == nil && rt.file == nil && len(rt.remote) == 0 {
-		return errors.New("configure at least one source: map, file, http or redis")
+		return settingError("targets", "", "configure at least one source: map, file, http or redis")
 	}
 	ttl := defaultTargetCacheTTL
 	if c.CacheTTL != nil {
@@ -443,6 +446,10 @@ func (rt *targetResolver) provision(h *Handler) error {
 	}
 	return nil
 }
+
+// isHostCarrier reports whether s is a way to take the token from the
+// Host header.
+func isHostCarrier(s string) bool { return s == "full" || s == "label" }
 
 // close releases the sources' connections.
 func (rt *targetResolver) close() {

@@ -1,9 +1,6 @@
 package wstotcp
 
 import (
-	"strconv"
-	"strings"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -46,33 +43,23 @@ func (h *Handler) parseTargets(d *caddyfile.Dispenser) error {
 		var err error
 		switch sub {
 		case "query":
-			switch len(args) {
-			case 0:
+			switch {
+			case len(args) == 0:
 				t.Query = defaultTargetQuery
-			case 1:
+			case len(args) == 1 && args[0] != "":
 				t.Query = args[0]
 			default:
 				return d.Errf("targets: query: expected at most one parameter name")
 			}
-			if t.Query == "" || strings.ContainsAny(t.Query, "&=#?+% \t") {
-				return d.Errf("targets: query: %q is not a plain parameter name", t.Query)
-			}
 		case "cookie":
-			if t.Cookie, err = one("a cookie name"); err == nil && !isToken(t.Cookie) {
-				return d.Errf("targets: cookie: %q is not a valid cookie name", t.Cookie)
-			}
+			t.Cookie, err = one("a cookie name")
 		case "path":
 			t.Path, err = one("a segment index (1 for /vnc/<token>) or a placeholder such as {http.request.uri.path.1}")
-			if err == nil {
-				if n, aerr := strconv.Atoi(t.Path); (aerr == nil && n < 0) || (aerr != nil && !strings.Contains(t.Path, "{")) {
-					return d.Errf("targets: path: %q is neither a segment index nor a placeholder", t.Path)
-				}
-			}
 		case "host":
 			switch {
 			case len(args) == 0:
 				t.Host = "full"
-			case len(args) == 1 && (args[0] == "full" || args[0] == "label"):
+			case len(args) == 1 && isHostCarrier(args[0]):
 				t.Host = args[0]
 			default:
 				return d.Errf("targets: host: expected nothing, full or label")
@@ -90,10 +77,8 @@ func (h *Handler) parseTargets(d *caddyfile.Dispenser) error {
 				if !d.AllArgs(&v) {
 					return d.Errf("targets: map: expected <token> <target>")
 				}
-				if _, err := parseTargetValue(v); err != nil {
-					return d.Errf("targets: map: %q: %v", v, err)
-				}
 				if _, dup := t.Map[tok]; dup {
+					// the token is a secret: name the line by its target
 					return d.Errf("targets: map: a token is listed twice (target %q)", v)
 				}
 				t.Map[tok] = v
@@ -119,15 +104,19 @@ func (h *Handler) parseTargets(d *caddyfile.Dispenser) error {
 				return err
 			}
 			dur, perr := caddy.ParseDuration(s)
-			if perr != nil || dur < 0 || (sub == "timeout" && dur == 0) {
+			if perr != nil {
 				return d.Errf("targets: %s: invalid duration %q", sub, s)
 			}
-			if sub == "timeout" {
-				t.Timeout = caddy.Duration(dur)
-			} else {
+			if sub == "cache_ttl" {
 				cd := caddy.Duration(dur)
 				t.CacheTTL = &cd
+				break
 			}
+			if dur <= 0 {
+				// 0 would be the default in the JSON
+				return d.Errf("targets: timeout: %q: must be more than 0 (leave timeout out for the default)", s)
+			}
+			t.Timeout = caddy.Duration(dur)
 		default:
 			return d.Errf("targets: unrecognized subdirective %q", sub)
 		}
@@ -135,23 +124,6 @@ func (h *Handler) parseTargets(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if t.Map == nil && t.File == "" && t.HTTP == "" && t.Redis == nil {
-		return d.Errf("targets: configure at least one source: map, file, http or redis")
-	}
 	h.Targets = t
-	return nil
-}
-
-// parseAllowTargets reads `allow_targets <pattern...>`, checking the
-// patterns here so that an error names the line.
-func (h *Handler) parseAllowTargets(d *caddyfile.Dispenser) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.Errf("allow_targets: at least one pattern is required")
-	}
-	if _, err := compileAllowList(args); err != nil {
-		return d.Errf("allow_targets: %v", err)
-	}
-	h.AllowTargets = append(h.AllowTargets, args...)
 	return nil
 }

@@ -378,26 +378,26 @@ func TestTargetsProvisionErrors(t *testing.T) {
 		want     []string
 	}{
 		{"placeholder without allow_targets", `{"upstreams": [{"dial": "127.0.0.1:{http.request.uri.query.port}"}]}`,
-			[]string{"to:", "placeholders", "allow_targets"}},
+			[]string{"upstreams[0].dial (to): ", "placeholders", "allow_targets"}},
 		{"placeholder with another upstream", `{"upstreams": [{"dial": "127.0.0.1:{http.request.uri.query.port}"}, {"dial": "127.0.0.1:1"}], "allow_targets": ["127.0.0.1"]}`,
-			[]string{"to:", "only upstream"}},
+			[]string{"upstreams[0].dial (to): ", "only upstream"}},
 		{"placeholder and targets", `{"upstreams": [{"dial": "127.0.0.1:{http.request.uri.query.port}"}], "allow_targets": ["127.0.0.1"], "targets": {"map": {"a": "127.0.0.1:1"}}}`,
-			[]string{"to:", "targets"}},
+			[]string{"upstreams[0].dial (to): ", "targets"}},
 		{"targets and to", `{"upstreams": [{"dial": "127.0.0.1:1"}], "targets": {"map": {"a": "127.0.0.1:1"}}}`,
-			[]string{"targets:", "remove to"}},
-		{"no source", `{"targets": {"query": "t"}}`, []string{"targets:", "at least one source"}},
-		{"bad map value", `{"targets": {"map": {"s3cret": "nowhere"}}}`, []string{"targets: map:", `"nowhere"`}},
+			[]string{"targets: ", "remove upstreams"}},
+		{"no source", `{"targets": {"query": "t"}}`, []string{"targets: configure at least one source"}},
+		{"bad map value", `{"targets": {"map": {"s3cret": "nowhere"}}}`, []string{"targets.map: ", `"nowhere"`}},
 		{"bad allow_targets", `{"targets": {"map": {"a": "127.0.0.1:1"}}, "allow_targets": ["10.0.0.0/8:0"]}`,
-			[]string{"allow_targets:", "10.0.0.0/8:0"}},
-		{"missing file", `{"targets": {"file": "` + filepath.Join(dir, "missing") + `"}}`, []string{"targets: file:", "missing"}},
-		{"bad http", `{"targets": {"http": "ftp://x/"}}`, []string{"targets: http:"}},
-		{"bad redis", `{"targets": {"redis": {"url": "http://:pw@x/"}}}`, []string{"targets: redis:", "redis://"}},
-		{"bad host", `{"targets": {"host": "first", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets: host:"}},
-		{"bad path", `{"targets": {"path": "segment", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets: path:"}},
-		{"bad cookie", `{"targets": {"cookie": "a b", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets: cookie:"}},
+			[]string{"allow_targets: ", "10.0.0.0/8:0"}},
+		{"missing file", `{"targets": {"file": "` + filepath.Join(dir, "missing") + `"}}`, []string{"targets.file: ", "missing"}},
+		{"bad http", `{"targets": {"http": "ftp://x/"}}`, []string{"targets.http: "}},
+		{"bad redis", `{"targets": {"redis": {"url": "http://:pw@x/"}}}`, []string{"targets.redis.url (targets > redis): ", "redis://"}},
+		{"bad host", `{"targets": {"host": "first", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets.host: "}},
+		{"bad path", `{"targets": {"path": "segment", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets.path: "}},
+		{"bad cookie", `{"targets": {"cookie": "a b", "map": {"a": "127.0.0.1:1"}}}`, []string{"targets.cookie: "}},
 		{"same query as auth", `{"targets": {"map": {"a": "127.0.0.1:1"}, "query": "access_token"}, "auth": {"bearer": ["x"]}}`,
-			[]string{"targets: query:", "token_query"}},
-		{"negative ttl", `{"targets": {"map": {"a": "127.0.0.1:1"}, "cache_ttl": -1}}`, []string{"targets:", "negative"}},
+			[]string{"targets.query: ", "auth.token_query"}},
+		{"negative ttl", `{"targets": {"map": {"a": "127.0.0.1:1"}, "cache_ttl": -1}}`, []string{"targets.cache_ttl: must not be negative"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -408,9 +408,6 @@ func TestTargetsProvisionErrors(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
 			err := h.Provision(ctx)
-			if err == nil {
-				err = h.Validate()
-			}
 			h.Cleanup()
 			if err == nil {
 				t.Fatal("loaded")
@@ -628,14 +625,9 @@ func TestTargetsCaddyfileErrors(t *testing.T) {
 		want []string
 	}{
 		{"targets x", []string{"targets:", "block"}},
-		{"targets {\n}", []string{"targets:", "at least one source"}},
-		{"targets {\n\tquery token\n}", []string{"at least one source"}},
 		{"targets {\n\tquery a b\n\tmap {\n\t\ta 127.0.0.1:1\n\t}\n}", []string{"targets: query:"}},
-		{"targets {\n\tquery a&b\n\tfile /x\n}", []string{"targets: query:", "plain parameter"}},
 		{"targets {\n\tcookie\n\tfile /x\n}", []string{"targets: cookie:"}},
-		{"targets {\n\tpath seg\n\tfile /x\n}", []string{"targets: path:"}},
 		{"targets {\n\thost first\n\tfile /x\n}", []string{"targets: host:"}},
-		{"targets {\n\tmap {\n\t\tsecret-tok nowhere\n\t}\n}", []string{"targets: map:", `"nowhere"`}},
 		{"targets {\n\tmap {\n\t\ttok\n\t}\n}", []string{"targets: map:", "<token> <target>"}},
 		{"targets {\n\tmap {\n\t\tt 127.0.0.1:1\n\t\tt 127.0.0.1:2\n\t}\n}", []string{"targets: map:", "twice"}},
 		{"targets {\n\tmap\n}", []string{"targets: map:", "at least one"}},
@@ -645,8 +637,6 @@ func TestTargetsCaddyfileErrors(t *testing.T) {
 		{"targets {\n\tfile /x\n\tfile /y\n}", []string{"targets: file:", "already"}},
 		{"targets {\n\tfile /x\n\tjwt k\n}", []string{"targets:", "unrecognized", "jwt"}},
 		{"allow_targets", []string{"allow_targets:", "at least one"}},
-		{"allow_targets 10.0.0.0/8:0-1", []string{"allow_targets:", "not a port"}},
-		{"allow_targets unix/run/*.sock", []string{"allow_targets:", "absolute"}},
 	}
 	for _, tt := range tests {
 		_, err := adaptCaddyfile(siteWith(tt.body))

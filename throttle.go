@@ -1,10 +1,6 @@
 package wstotcp
 
 import (
-	"fmt"
-	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -61,36 +57,4 @@ func (l *limiter) wait(n int, done <-chan struct{}) bool {
 		l.timer.Stop()
 		return false
 	}
-}
-
-// parseRate reads a bandwidth: bits per second with bps, kbps, Mbps or Gbps
-// (powers of 1000), or bytes per second with B/s, KB/s, MB/s, GB/s (powers
-// of 1000) or KiB/s, MiB/s, GiB/s (powers of 1024). It returns bytes per
-// second.
-func parseRate(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		bytes  float64 // bytes per second per unit
-	}{
-		{"kbps", 1e3 / 8}, {"mbps", 1e6 / 8}, {"gbps", 1e9 / 8}, {"bps", 1.0 / 8},
-		{"kib/s", 1 << 10}, {"mib/s", 1 << 20}, {"gib/s", 1 << 30},
-		{"kb/s", 1e3}, {"mb/s", 1e6}, {"gb/s", 1e9}, {"b/s", 1},
-	}
-	lower := strings.ToLower(strings.TrimSpace(s))
-	for _, u := range units {
-		num, ok := strings.CutSuffix(lower, u.suffix)
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-		if err != nil || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-			return 0, fmt.Errorf("invalid rate %q: want a positive number before %s", s, u.suffix)
-		}
-		b := v * u.bytes
-		if b < 1 || b > math.MaxInt64/2 {
-			return 0, fmt.Errorf("rate %q is out of range", s)
-		}
-		return int64(b), nil
-	}
-	return 0, fmt.Errorf("invalid rate %q: use bits per second (512kbps, 10Mbps, 1Gbps) or bytes per second (64KiB/s, 2MiB/s)", s)
 }

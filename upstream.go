@@ -97,11 +97,11 @@ func (t *UpstreamTLS) tlsConfig() (*tls.Config, error) {
 	if t.CA != "" {
 		pem, err := os.ReadFile(t.CA)
 		if err != nil {
-			return nil, fmt.Errorf("ca: %v", err)
+			return nil, settingError("upstream_tls.ca", "", "%v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca: no PEM certificate in %s", t.CA)
+			return nil, settingError("upstream_tls.ca", "", "no PEM certificate in %s", t.CA)
 		}
 		cfg.RootCAs = pool
 	}
