@@ -334,7 +334,7 @@ func TestCommandConfigErrors(t *testing.T) {
 
 // writeServerCert writes a self-signed certificate for 127.0.0.1 and
 // localhost, and its key, as PEM files.
-func writeServerCert(t *testing.T, dir string) (certFile, keyFile string) {
+func writeServerCert(t testing.TB, dir string) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -32,6 +32,9 @@ const (
 	transportH3    = "h3"
 )
 
+// transports are the values of the transport label, in a fixed order.
+var transports = [...]string{transportHTTP1, transportH2, transportH3}
+
 // isExtendedConnect reports a WebSocket handshake over HTTP/2 or HTTP/3.
 // quic-go puts the :protocol pseudo-header in r.Proto; Go's HTTP/2 server
 // keeps it as a header.

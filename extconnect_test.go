@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -37,8 +38,10 @@ type streamDialer interface {
 }
 
 // tlsSite is a Caddy whose sites may use {HTTPS} for an HTTPS site address
-// (https://localhost:<port>, with tls internal) on a run-time port, which
-// HTTP/3 shares over UDP.
+// (https://localhost:<port>) on a run-time port, which HTTP/3 shares over
+// UDP, and {TLS} for its tls directive. The certificate is loaded from
+// files rather than managed (`tls internal`): Caddy 2.11.9's managed
+// certificates race with its TLS app's start, which -race reports.
 type tlsSite struct {
 	*testServer
 	httpsPort int
@@ -48,9 +51,21 @@ type tlsSite struct {
 func startTLSSite(t *testing.T, sites string) *tlsSite {
 	t.Helper()
 	port := freePort(t)
-	s := startCaddyWith(t, caddyOptions{globals: fmt.Sprintf("https_port %d", port)},
-		strings.ReplaceAll(sites, "{HTTPS}", fmt.Sprintf("https://localhost:%d", port)))
-	return &tlsSite{testServer: s, httpsPort: port, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	cert, key := writeServerCert(t, t.TempDir())
+	s := startCaddyWith(t, caddyOptions{globals: fmt.Sprintf("https_port %d", port)}, strings.NewReplacer(
+		"{HTTPS}", fmt.Sprintf("https://localhost:%d", port),
+		"{TLS}", fmt.Sprintf("tls %s %s", cert, key),
+	).Replace(sites))
+	site := &tlsSite{testServer: s, httpsPort: port, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	// The listeners are up when Load returns; this checks the handshake.
+	waitFor(t, ioTimeout, "the site's certificate", func() bool {
+		c, err := tls.Dial("tcp", site.addr, testTLS("h2"))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return site
 }
 
 func (s *tlsSite) dialer(t *testing.T, transport string) streamDialer {
@@ -68,7 +83,7 @@ var streamTransports = []string{transportH2, transportH3}
 func TestExtendedConnectEcho(t *testing.T) {
 	up := echoUpstream(t)
 	s := startTLSSite(t, `{HTTPS} {
-	tls internal
+	{TLS}
 	ws_to_tcp `+up.addr+` {
 		subprotocols mqtt binary
 	}
@@ -128,7 +143,7 @@ func TestExtendedConnectEcho(t *testing.T) {
 func TestExtendedConnectUpstreamEOF(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	s := startTLSSite(t, `{HTTPS} {
-	tls internal
+	{TLS}
 	ws_to_tcp `+up.addr+`
 }`)
 	for _, transport := range streamTransports {
@@ -159,7 +174,7 @@ func TestExtendedConnectRefusals(t *testing.T) {
 	up := echoUpstream(t)
 	down := freePort(t)
 	s := startTLSSite(t, `{HTTPS} {
-	tls internal
+	{TLS}
 	route /auth {
 		ws_to_tcp `+up.addr+` {
 			auth {
@@ -242,7 +257,7 @@ func TestExtendedConnectRefusals(t *testing.T) {
 func TestExtendedConnectOtherProtocolFallsThrough(t *testing.T) {
 	up := echoUpstream(t)
 	s := startTLSSite(t, `{HTTPS} {
-	tls internal
+	{TLS}
 	route {
 		ws_to_tcp `+up.addr+`
 		respond "next handler" 299

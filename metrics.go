@@ -28,8 +28,9 @@ var (
 		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "connections_total",
 		Help: "WebSocket-to-TCP tunnels ended, by outcome: client (the client closed), upstream (the upstream closed), " +
 			"server (closed by Caddy: admin, reload, stop, heartbeat or idle timeout), error (protocol error, invalid data, " +
-			"message too big, upstream failure, client vanished or too slow, internal error).",
-	}, []string{"outcome"})
+			"message too big, upstream failure, client vanished or too slow, internal error); " +
+			"and by transport: http/1.1, h2 (HTTP/2) or h3 (HTTP/3).",
+	}, []string{"outcome", "transport"})
 
 	dialSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "ws_to_tcp", Name: "upstream_dial_seconds",
@@ -49,7 +50,9 @@ var (
 
 	live = liveCollector{
 		active: prometheus.NewDesc("caddy_ws_to_tcp_connections_active",
-			"WebSocket-to-TCP tunnels open now, including those of unloaded configurations.", nil, nil),
+			"WebSocket-to-TCP tunnels open now, including those of unloaded configurations, by transport: "+
+				"http/1.1, h2 (HTTP/2) or h3 (HTTP/3).",
+			[]string{"transport"}, nil),
 		bytes: prometheus.NewDesc("caddy_ws_to_tcp_bytes_total",
 			"Bytes relayed: in = client to upstream, out = upstream to client (before base64 encoding).",
 			[]string{"direction"}, nil),
@@ -70,7 +73,9 @@ const (
 func init() {
 	// The outcomes show from the start, at 0.
 	for _, o := range []string{relay.ByClient, relay.ByUpstream, relay.ByServer, outcomeError} {
-		connectionsTotal.WithLabelValues(o)
+		for _, tr := range transports {
+			connectionsTotal.WithLabelValues(o, tr)
+		}
 	}
 }
 
@@ -104,14 +109,21 @@ func (c liveCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c liveCollector) Collect(ch chan<- prometheus.Metric) {
+	var active [len(transports)]int
 	tunnels.Lock()
-	n := len(tunnels.m)
 	sum := tunnels.ended
 	for _, t := range tunnels.m {
 		sum.add(t)
+		for i, tr := range transports {
+			if t.transport == tr {
+				active[i]++
+			}
+		}
 	}
 	tunnels.Unlock()
-	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(n))
+	for i, tr := range transports {
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(active[i]), tr)
+	}
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.bytesIn), "in")
 	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.bytesOut), "out")
 	ch <- prometheus.MustNewConstMetric(c.messages, prometheus.CounterValue, float64(sum.msgsIn), "in")

@@ -51,7 +51,7 @@ func (s *testServer) metrics() map[string]float64 {
 }
 
 const (
-	mActive   = "caddy_ws_to_tcp_connections_active"
+	mActive   = `caddy_ws_to_tcp_connections_active{transport="http/1.1"}`
 	mBytesIn  = `caddy_ws_to_tcp_bytes_total{direction="in"}`
 	mBytesOut = `caddy_ws_to_tcp_bytes_total{direction="out"}`
 	mMsgsIn   = `caddy_ws_to_tcp_messages_total{direction="in"}`
@@ -60,7 +60,7 @@ const (
 )
 
 func mTotal(outcome string) string {
-	return fmt.Sprintf(`caddy_ws_to_tcp_connections_total{outcome=%q}`, outcome)
+	return fmt.Sprintf(`caddy_ws_to_tcp_connections_total{outcome=%q,transport="http/1.1"}`, outcome)
 }
 
 func mHealthy(upstream string) string {

@@ -63,7 +63,7 @@ func unregister(t *tunnel) {
 		tunnels.ended.add(t)
 	}
 	tunnels.Unlock()
-	connectionsTotal.WithLabelValues(outcome(t.end.Code, t.end.By)).Inc()
+	connectionsTotal.WithLabelValues(outcome(t.end.Code, t.end.By), t.transport).Inc()
 }
 
 // findTunnel returns the tunnel with this id, open or closing, or nil.
