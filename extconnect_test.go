@@ -1,17 +1,25 @@
 package wstotcp
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/gorilla/websocket"
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
@@ -275,4 +283,200 @@ func TestExtendedConnectOtherProtocolFallsThrough(t *testing.T) {
 	if resp.StatusCode != 299 || string(body) != "next handler" {
 		t.Fatalf("status %d %q", resp.StatusCode, body)
 	}
+}
+
+// Node's built-in HTTP/2 client (not Go's) does the extended CONNECT: a
+// 16 MiB echo checked by sha256 both ways with the closing handshake, and
+// the refusals.
+func TestExtendedConnectNodeHTTP2(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node is not installed; .ci/run installs it")
+		}
+		t.Skip("node is not installed (Debian's nodejs)")
+	}
+	up := echoUpstream(t)
+	s := startTLSSite(t, `{HTTPS} {
+	{TLS}
+	route /auth {
+		ws_to_tcp `+up.addr+` {
+			auth {
+				bearer secret-token
+			}
+		}
+	}
+	route /down {
+		ws_to_tcp 127.0.0.1:`+fmt.Sprint(freePort(t))+`
+	}
+	route /* {
+		ws_to_tcp `+up.addr+`
+	}
+}`)
+	base := fmt.Sprintf("https://localhost:%d", s.httpsPort)
+	run := func(args ...string) map[string]any {
+		t.Helper()
+		cmd := exec.CommandContext(withTimeout(t, 2*ioTimeout), node, append([]string{"testdata/node/h2ws.mjs", base}, args...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("node %v: %v\n%s", args, err, stderr.String())
+		}
+		var res map[string]any
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatalf("node printed %q: %v", out, err)
+		}
+		return res
+	}
+	res := run("echo", "/", "16")
+	if res["sent"] != res["received"] || res["close"] != float64(1000) || res["subprotocol"] != "binary" {
+		t.Fatalf("echo: %v", res)
+	}
+	res = run("status", "/", "/ https://evil.example", "/auth", "/down")
+	want := map[string]any{"/": 200.0, "/ https://evil.example": 403.0, "/auth": 401.0, "/down": 502.0}
+	for k, v := range want {
+		if res[k] != v {
+			t.Errorf("%s: status %v, want %v", k, res[k], v)
+		}
+	}
+	s.waitConns(0)
+}
+
+// A reload shuts down the server that carries HTTP/2 and HTTP/3 tunnels:
+// they end with 1001 and their upstreams close (README, HTTP/2 and
+// HTTP/3), while an HTTP/1.1 tunnel opened at the same time survives.
+func TestExtendedConnectReloadAndStop(t *testing.T) {
+	for _, action := range []string{"reload", "stop"} {
+		t.Run(action, func(t *testing.T) {
+			up := newUpstream(t, "tcp", "127.0.0.1:0")
+			site := `{HTTPS} {
+	{TLS}
+	ws_to_tcp ` + up.addr + `
+}
+{HTTP} {
+	ws_to_tcp ` + up.addr + `
+}`
+			s := startTLSSite(t, site)
+			type open struct {
+				ws *streamWS
+				uc net.Conn
+			}
+			var streams []open
+			for _, transport := range streamTransports {
+				ws, _, err := s.dialer(t, transport).connect("/", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				uc := up.accept(t)
+				ws.write(wsframe.OpBinary, []byte("hello"))
+				uc.SetReadDeadline(time.Now().Add(ioTimeout))
+				if _, err := io.ReadFull(uc, make([]byte, 5)); err != nil {
+					t.Fatal(err)
+				}
+				streams = append(streams, open{ws, uc})
+			}
+			h1 := s.dial("/", nil)
+			defer h1.Close()
+			h1up := up.accept(t)
+			s.waitConns(3)
+
+			if action == "reload" {
+				s.load(strings.Replace(site, "ws_to_tcp", "header X-Config 2\n\tws_to_tcp", 1))
+			} else {
+				caddy.Stop()
+			}
+			for i, o := range streams {
+				if _, _, err := o.ws.readData(); closeCodeOf(err) != wsframe.CloseGoingAway {
+					t.Fatalf("%s tunnel: %v, want Close 1001", streamTransports[i], err)
+				}
+				o.ws.closeWith(wsframe.CloseGoingAway)
+				readEOFOrReset(t, o.uc)
+				o.ws.close()
+			}
+			if action == "reload" {
+				roundTrip(t, h1, h1up, "the HTTP/1.1 tunnel survives the reload")
+			} else if code := expectClose(t, h1, ioTimeout); code != websocket.CloseGoingAway {
+				t.Fatalf("HTTP/1.1 tunnel: close %d, want 1001", code)
+			}
+			h1.Close()
+			s.waitConns(0)
+		})
+	}
+}
+
+// Fifty tunnels share one HTTP/2 connection; one client stops reading.
+// Its stream stalls under flow control, and the other 49 relay on.
+func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
+	up := echoUpstream(t)
+	s := startTLSSite(t, `{HTTPS} {
+	{TLS}
+	ws_to_tcp `+up.addr+`
+}`)
+	c := newH2Client(t, s.addr)
+	stalled, _, err := c.connect("/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const stallSend = 32 << 20 // far more than the flow-control windows and socket buffers hold
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for sent := 0; sent < stallSend; sent += len(chunk) {
+			if stalled.write(wsframe.OpBinary, chunk) != nil {
+				return
+			}
+		}
+	}()
+	// The stalled stream has taken all it can: the server has sent the
+	// client's stream window (4 MiB for x/net's client) and no more.
+	var stalledID string
+	waitFor(t, ioTimeout, "the stalled tunnel to fill its window", func() bool {
+		for _, ci := range s.listConns("") {
+			stalledID = ci.ID
+			return ci.BytesOut >= 4<<20
+		}
+		return false
+	})
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 49)
+	for i := range 49 {
+		wg.Go(func() {
+			ws, _, err := c.connect("/", nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer ws.close()
+			msg := bytes.Repeat([]byte{byte(i)}, 32<<10)
+			for range 32 { // 1 MiB each way
+				if err := ws.write(wsframe.OpBinary, msg); err != nil {
+					errs <- err
+					return
+				}
+				for got := 0; got < len(msg); {
+					_, p, err := ws.readData()
+					if err != nil || !bytes.Equal(p, msg[:len(p)]) {
+						errs <- fmt.Errorf("tunnel %d: %v", i, err)
+						return
+					}
+					got += len(p)
+				}
+			}
+			ws.closeWith(wsframe.CloseNormal)
+			ws.readData()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var stalledInfo connInfo
+	s.adminOK("GET", "/ws_to_tcp/connections/"+stalledID, "", nil, &stalledInfo)
+	if stalledInfo.State != "open" || stalledInfo.BytesOut >= stallSend {
+		t.Fatalf("the stalled tunnel: %+v", stalledInfo)
+	}
+	stalled.close()
+	s.waitConns(0)
 }
