@@ -2,6 +2,7 @@ package wstotcp
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -62,6 +63,46 @@ func transportOf(r *http.Request) string {
 	return transportHTTP1
 }
 
+// serveStream answers an admitted extended CONNECT whose upstream is
+// dialled, and relays on its stream until the tunnel ends. The answer and
+// the frames go to the innermost ResponseWriter, past the handlers that
+// wrap it (encode, header, templates): the stream is a tunnel, not a
+// response body they could transform, as a hijacked HTTP/1.1 connection
+// is. The server's read and write deadlines, meant for requests, are
+// cleared as gorilla clears them on a hijacked connection; write_timeout,
+// heartbeat and idle_timeout bound the tunnel instead.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, t *tunnel, up net.Conn) {
+	w = innermost(w)
+	if t.subprotocol != "" {
+		w.Header().Set("Sec-Websocket-Protocol", t.subprotocol)
+	}
+	w.WriteHeader(http.StatusOK)
+	client := newStreamConn(w, r)
+	client.SetReadDeadline(time.Time{})
+	client.SetWriteDeadline(time.Time{})
+	if err := client.rc.Flush(); err != nil {
+		up.Close()
+		if t.release != nil {
+			t.release()
+		}
+		h.logger.Debug("answering the extended CONNECT failed", zap.String("conn_id", t.id), zap.Error(err))
+		return
+	}
+	t.run(client, up)
+}
+
+// innermost unwraps the ResponseWriters that handlers put around the
+// server's own.
+func innermost(w http.ResponseWriter) http.ResponseWriter {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = u.Unwrap()
+	}
+}
+
 // streamConn is the client side of a tunnel on an HTTP/2 or HTTP/3 stream:
 // frames arrive in the request body and leave in the response, flushed at
 // each write (the relay writes whole frames, and a frame held in a buffer
@@ -77,7 +118,13 @@ type streamConn struct {
 }
 
 func newStreamConn(w http.ResponseWriter, r *http.Request) *streamConn {
-	return &streamConn{body: r.Body, w: w, rc: http.NewResponseController(w)}
+	body := r.Body
+	// Caddy's read_idle_timeout would end an idle tunnel: its wrapper is
+	// for request bodies, not for the client side of a tunnel.
+	if ir, ok := body.(*caddyhttp.IdleTimeoutReader); ok {
+		body = ir.ReadCloser
+	}
+	return &streamConn{body: body, w: w, rc: http.NewResponseController(w)}
 }
 
 func (c *streamConn) Read(p []byte) (int, error) { return c.body.Read(p) }

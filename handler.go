@@ -18,16 +18,12 @@ import (
 
 // ServeHTTP admits a WebSocket client, dials its upstream, upgrades, and
 // relays until either side ends. Every refusal is a plain HTTP response
-// given before the upgrade.
+// given before the upgrade. An HTTP/1.1 upgrade is hijacked and relayed on
+// goroutines of its own; a WebSocket over HTTP/2 or HTTP/3 is relayed on
+// its stream, and ServeHTTP returns when it ends.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if isExtendedConnect(r) {
-		// gorilla upgrades only hijacked HTTP/1.1 connections.
-		h.logger.Warn("WebSocket over HTTP/2 or HTTP/3 is not supported; the client should use HTTP/1.1",
-			zap.String("proto", r.Proto), zap.String("remote_ip", clientIP(r)))
-		return caddyhttp.Error(http.StatusNotImplemented,
-			errors.New("WebSocket over HTTP/2 or HTTP/3 (extended CONNECT) is not supported; use HTTP/1.1"))
-	}
-	if !websocket.IsWebSocketUpgrade(r) {
+	stream := isExtendedConnect(r)
+	if !stream && !websocket.IsWebSocketUpgrade(r) {
 		if h.TestPage && r.Method == http.MethodGet {
 			return serveTestPage(w, r)
 		}
@@ -58,7 +54,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return err // 502 or 504, logged by Caddy with the reason
 	}
 
-	t := newTunnel(h, u.Dial, subprotocol, clientIP(r))
+	t := newTunnel(h, u.Dial, subprotocol, clientIP(r), transportOf(r))
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl != nil {
 		repl.Set("http.ws_to_tcp.conn_id", t.id)
@@ -70,6 +66,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		t.channel = h.expandChannel(repl)
 	}
 
+	if stream {
+		t.release, adm.release = adm.release, nil
+		h.serveStream(w, r, t, up)
+		return nil // the stream carried the tunnel: there is no response left to write
+	}
 	var respHeader http.Header
 	if subprotocol != "" {
 		respHeader = http.Header{"Sec-Websocket-Protocol": {subprotocol}}
@@ -87,8 +88,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // checkHandshake refuses, before anything is dialled, the handshakes that
-// gorilla would refuse after.
+// gorilla would refuse after, and extended CONNECTs that RFC 8441 would.
 func checkHandshake(r *http.Request) error {
+	if isExtendedConnect(r) {
+		if r.Header.Get("Sec-Websocket-Version") != "13" {
+			return errors.New("unsupported Sec-WebSocket-Version: only 13 is supported")
+		}
+		return nil
+	}
 	if r.Method != http.MethodGet {
 		return fmt.Errorf("WebSocket handshake must be a GET, not %s", r.Method)
 	}
@@ -276,15 +283,7 @@ type hijackShim struct{ http.ResponseWriter }
 // returned, while the access log line reads them: a data race. The tunnel
 // counts its bytes itself. No other wrapper implements Hijack.
 func (s hijackShim) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	w := s.ResponseWriter
-	for {
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			break
-		}
-		w = u.Unwrap()
-	}
-	return http.NewResponseController(w).Hijack()
+	return http.NewResponseController(innermost(s.ResponseWriter)).Hijack()
 }
 
 func (s hijackShim) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -26,14 +26,14 @@ type tunnel struct {
 	end         relay.End
 }
 
-func newTunnel(h *Handler, upstream, subprotocol, remote string) *tunnel {
+func newTunnel(h *Handler, upstream, subprotocol, remote, transport string) *tunnel {
 	return &tunnel{
 		h:           h,
 		id:          newConnID(),
 		upstream:    upstream,
 		subprotocol: subprotocol,
 		remote:      remote,
-		transport:   "http/1.1",
+		transport:   transport,
 		started:     time.Now(),
 	}
 }
@@ -44,6 +44,15 @@ func (t *tunnel) start(client relay.Conn, up net.Conn) {
 	t.Tunnel = relay.New(t.h.relay, client, up, t.subprotocol == "base64")
 	register(t)
 	t.Tunnel.Start(t.ended)
+}
+
+// run relays client to up on the caller's goroutine and one of the
+// relay's, and returns when the tunnel has ended: for a client stream that
+// lives only while its handler runs.
+func (t *tunnel) run(client relay.Conn, up net.Conn) {
+	t.Tunnel = relay.New(t.h.relay, client, up, t.subprotocol == "base64")
+	register(t)
+	t.Tunnel.Run(t.ended)
 }
 
 // ended is the tunnel's one exit: it runs once, when both sides are closed.
