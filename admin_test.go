@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -605,4 +607,34 @@ func TestAdminRoutesInProcess(t *testing.T) {
 // to a cleaned path: 307 since Go 1.26, 301 before.
 func isMuxRedirect(status int) bool {
 	return status == http.StatusTemporaryRedirect || status == http.StatusMovedPermanently
+}
+
+// With GODEBUG=httpmuxgo121=1 the ServeMux has no {id} wildcards: the admin
+// router then fails to load, instead of answering 404 to every id. The
+// setting is read once at start, hence the test binary run again with it.
+func TestAdminNeedsServeMuxPatterns(t *testing.T) {
+	if os.Getenv("WSTOTCP_TEST_HTTPMUXGO121") == "1" {
+		fmt.Printf("provision: %v\n", new(adminAPI).Provision(caddy.Context{}))
+		return
+	}
+	if err := new(adminAPI).Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAdminNeedsServeMuxPatterns$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GODEBUG=httpmuxgo121=1", "WSTOTCP_TEST_HTTPMUXGO121=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "provision: the /ws_to_tcp admin routes need the path patterns") {
+		t.Fatalf("with httpmuxgo121=1: %v\n%s", err, out)
+	}
+}
+
+// A panic in an admin handler is a JSON 500, logged, instead of the admin
+// server's dropped connection.
+func TestAdminPanicIsJSON500(t *testing.T) {
+	h := recovered(func(http.ResponseWriter, *http.Request) error { panic("boom") })
+	err := h(httptest.NewRecorder(), httptest.NewRequest("GET", "/ws_to_tcp/ping", nil))
+	var ae caddy.APIError
+	if !errors.As(err, &ae) || ae.HTTPStatus != http.StatusInternalServerError || ae.Err.Error() != "internal error" {
+		t.Fatalf("error %#v, want a 500 APIError", err)
+	}
 }
