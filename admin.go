@@ -24,20 +24,11 @@ import (
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
-// adminAPI serves /ws_to_tcp/ on Caddy's admin endpoint (SPEC §7): list,
-// disconnect, send to, broadcast to and ping the open tunnels of every
-// loaded (and unloaded, still open) configuration. It is a fresh value on
-// every config load and holds nothing: the data is the package's tunnel
-// registry.
-//
-//	GET    /ws_to_tcp/connections            list (filters)
-//	DELETE /ws_to_tcp/connections            disconnect with 1001 (filters; none: all)
-//	GET    /ws_to_tcp/connections/{id}       one
-//	DELETE /ws_to_tcp/connections/{id}       disconnect one
-//	POST   /ws_to_tcp/connections/{id}/send  the body as one message
-//	POST   /ws_to_tcp/broadcast              the body to every matching client (filters)
-//	POST   /ws_to_tcp/ping                   ping every matching client (filters)
-//	GET    /ws_to_tcp/upstreams              the upstreams: health, open tunnels, failures
+// adminAPI serves /ws_to_tcp on Caddy's admin endpoint (README, Admin
+// API): list, disconnect, send to, broadcast to and ping the open tunnels
+// of every loaded (and unloaded, still open) configuration. It is a fresh
+// value on every config load and holds nothing: the data is the package's
+// tunnel registry.
 //
 // Filters are query parameters: id, channel, subprotocol, user, upstream.
 // Each may be repeated (any of its values matches); different filters must
@@ -52,13 +43,109 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the admin routes of the module.
-func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+// adminEndpoint is one method on one path of the admin API.
+type adminEndpoint struct {
+	method, path string
+	handle       caddy.AdminHandlerFunc
+}
+
+// adminEndpoints is the whole admin API (README, Admin API); any other
+// path under /ws_to_tcp is a JSON 404, a path of the list with another
+// method a JSON 405 naming the allowed ones. {id} is a wildcard of Go's
+// ServeMux: one path segment, never empty and never a trailing slash, so
+// that a path naming an id position can only reach a handler of that id.
+var adminEndpoints = []adminEndpoint{
+	{"GET", "/ws_to_tcp/connections", listConnections},
+	{"DELETE", "/ws_to_tcp/connections", disconnectMatching},
+	{"GET", "/ws_to_tcp/connections/{id}", showConnection},
+	{"DELETE", "/ws_to_tcp/connections/{id}", disconnectConnection},
+	{"POST", "/ws_to_tcp/connections/{id}/send", sendToConnection},
+	{"POST", "/ws_to_tcp/broadcast", broadcast},
+	{"POST", "/ws_to_tcp/ping", ping},
+	{"GET", "/ws_to_tcp/upstreams", upstreams},
+}
+
+// Routes returns one route per path of adminEndpoints, which dispatches on
+// the method, and the JSON 404 for every other path under /ws_to_tcp.
+//
+// The patterns carry no method. Caddy registers them on its http.ServeMux
+// as they are; there a method pattern ("GET /ws_to_tcp/upstreams") would
+// hand a DELETE to the catch-all /ws_to_tcp/ as a 404 instead of a 405, and
+// without the catch-all the ServeMux would answer plain-text 404s and
+// 405s. Caddy's own admin routes (reverse_proxy, metrics, pki) check the
+// method in the handler too.
+func (*adminAPI) Routes() []caddy.AdminRoute {
+	var paths []string
+	byPath := make(map[string][]adminEndpoint)
+	for _, e := range adminEndpoints {
+		if byPath[e.path] == nil {
+			paths = append(paths, e.path)
+		}
+		byPath[e.path] = append(byPath[e.path], e)
+	}
+	routes := make([]caddy.AdminRoute, 0, len(paths)+2)
+	for _, p := range paths {
+		routes = append(routes, caddy.AdminRoute{Pattern: p, Handler: recovered(byMethod(byPath[p]))})
+	}
+	// /ws_to_tcp itself too: the ServeMux would redirect it to /ws_to_tcp/.
+	for _, p := range []string{"/ws_to_tcp/", "/ws_to_tcp"} {
+		routes = append(routes, caddy.AdminRoute{Pattern: p, Handler: recovered(noSuchEndpoint)})
+	}
+	return routes
+}
+
+// Provision makes sure the ServeMux understands the {id} wildcards:
+// GODEBUG=httpmuxgo121=1 turns Go 1.22's patterns off, and the routes of
+// one connection would then never match.
+func (*adminAPI) Provision(caddy.Context) error {
+	mux := http.NewServeMux()
+	mux.Handle("/{id}", http.NotFoundHandler())
+	if _, pattern := mux.Handler(&http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/x"}}); pattern != "/{id}" {
+		return errors.New("the /ws_to_tcp admin routes need the path patterns of Go 1.22's ServeMux, which GODEBUG=httpmuxgo121=1 turns off")
+	}
+	return nil
+}
+
+// byMethod dispatches a request to the endpoint of its method.
+func byMethod(endpoints []adminEndpoint) caddy.AdminHandlerFunc {
+	allowed := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		allowed[i] = e.method
+	}
+	allow := strings.Join(allowed, ", ")
+	return func(w http.ResponseWriter, r *http.Request) error {
+		for _, e := range endpoints {
+			if e.method == r.Method {
+				return e.handle(w, r)
+			}
+		}
+		w.Header().Set("Allow", allow)
+		return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, allow)
+	}
+}
+
+// recovered answers a panic of h with a JSON 500 and logs it, instead of
+// the admin server's dropped connection.
+func recovered(h caddy.AdminHandlerFunc) caddy.AdminHandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) (err error) {
+		defer func() {
+			if v := recover(); v != nil {
+				caddy.Log().Named("admin.api.ws_to_tcp").Error("panic serving admin request",
+					zap.String("uri", r.RequestURI),
+					zap.String("panic", fmt.Sprint(v)),
+					zap.ByteString("stack", debug.Stack()))
+				err = apiError(http.StatusInternalServerError, "internal error")
+			}
+		}()
+		return h(w, r)
+	}
+}
+
+func noSuchEndpoint(_ http.ResponseWriter, r *http.Request) error {
+	return apiError(http.StatusNotFound, "no such endpoint: %s (see GET /ws_to_tcp/connections)", r.URL.Path)
 }
 
 const (
-	adminPrefix = "/ws_to_tcp/"
 	// maxAdminBody bounds the body of send and broadcast: one message.
 	maxAdminBody = 1 << 20
 	// adminCloseReason is the reason of the Close frame of a disconnect.
@@ -201,49 +288,13 @@ type closedResult struct {
 	Closed int `json:"closed"`
 }
 
-func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) (err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			caddy.Log().Named("admin.api.ws_to_tcp").Error("panic serving admin request",
-				zap.String("uri", r.RequestURI),
-				zap.String("panic", fmt.Sprint(v)),
-				zap.ByteString("stack", debug.Stack()))
-			err = apiError(http.StatusInternalServerError, "internal error")
-		}
-	}()
-	rest, _ := strings.CutPrefix(r.URL.Path, adminPrefix)
-	rest = strings.TrimSuffix(rest, "/")
-	parts := strings.Split(rest, "/")
-	switch {
-	case rest == "connections":
-		return a.connections(w, r)
-	case len(parts) == 2 && parts[0] == "connections" && parts[1] != "":
-		return a.connection(w, r, parts[1])
-	case len(parts) == 3 && parts[0] == "connections" && parts[1] != "" && parts[2] == "send":
-		return a.send(w, r, parts[1])
-	case rest == "broadcast":
-		return a.broadcast(w, r)
-	case rest == "ping":
-		return a.ping(w, r)
-	case rest == "upstreams":
-		return a.upstreams(w, r)
-	}
-	return apiError(http.StatusNotFound, "no such endpoint: %s (see GET %sconnections)", r.URL.Path, adminPrefix)
-}
-
-// connections lists (GET) or disconnects (DELETE) the matching connections.
-func (a *adminAPI) connections(w http.ResponseWriter, r *http.Request) error {
-	if err := allow(w, r, http.MethodGet, http.MethodDelete); err != nil {
-		return err
-	}
+// listConnections lists the matching connections.
+func listConnections(w http.ResponseWriter, r *http.Request) error {
 	f, err := parseFilter(r.URL.RawQuery)
 	if err != nil {
 		return err
 	}
 	list := selectTunnels(f.match)
-	if r.Method == http.MethodDelete {
-		return writeJSON(w, closedResult{Closed: disconnect(list)})
-	}
 	// Thousands of connections: appended by hand, several times faster
 	// than encoding/json's reflection.
 	buf := make([]byte, 0, 256*len(list)+2)
@@ -261,35 +312,59 @@ func (a *adminAPI) connections(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// connection shows (GET) or disconnects (DELETE) one connection.
-func (a *adminAPI) connection(w http.ResponseWriter, r *http.Request, id string) error {
-	if err := allow(w, r, http.MethodGet, http.MethodDelete); err != nil {
+// disconnectMatching disconnects the matching connections; all of them
+// without filters.
+func disconnectMatching(w http.ResponseWriter, r *http.Request) error {
+	f, err := parseFilter(r.URL.RawQuery)
+	if err != nil {
 		return err
 	}
-	if err := noQuery(r); err != nil {
+	list := selectTunnels(f.match)
+	return writeJSON(w, closedResult{Closed: disconnect(list)})
+}
+
+// showConnection shows one connection.
+func showConnection(w http.ResponseWriter, r *http.Request) error {
+	t, err := pathConnection(r)
+	if err != nil {
 		return err
-	}
-	t := findTunnel(id)
-	if t == nil {
-		return unknownConnection(id)
-	}
-	if r.Method == http.MethodDelete {
-		return writeJSON(w, closedResult{Closed: disconnect([]*tunnel{t})})
 	}
 	return writeJSON(w, infoOf(t))
 }
 
-// send sends the request body to one client as one message.
-func (a *adminAPI) send(w http.ResponseWriter, r *http.Request, id string) error {
-	if err := allow(w, r, http.MethodPost); err != nil {
+// disconnectConnection disconnects one connection.
+func disconnectConnection(w http.ResponseWriter, r *http.Request) error {
+	t, err := pathConnection(r)
+	if err != nil {
 		return err
 	}
+	return writeJSON(w, closedResult{Closed: disconnect([]*tunnel{t})})
+}
+
+// pathConnection returns the open connection that the path names; the
+// path of one connection takes no filters.
+func pathConnection(r *http.Request) (*tunnel, error) {
 	if err := noQuery(r); err != nil {
-		return err
+		return nil, err
+	}
+	id := r.PathValue("id")
+	if id == "" {
+		// Only a CONNECT request's path, which the ServeMux does not
+		// clean, can give {id} an empty segment.
+		return nil, noSuchEndpoint(nil, r)
 	}
 	t := findTunnel(id)
 	if t == nil {
-		return unknownConnection(id)
+		return nil, unknownConnection(id)
+	}
+	return t, nil
+}
+
+// sendToConnection sends the request body to one client as one message.
+func sendToConnection(w http.ResponseWriter, r *http.Request) error {
+	t, err := pathConnection(r)
+	if err != nil {
+		return err
 	}
 	op, body, err := readMessage(w, r)
 	if err != nil {
@@ -298,11 +373,11 @@ func (a *adminAPI) send(w http.ResponseWriter, r *http.Request, id string) error
 	if err := t.Send(op, body); err != nil {
 		switch {
 		case errors.Is(err, relay.ErrClosing), errors.Is(err, net.ErrClosed):
-			return apiError(http.StatusNotFound, "connection %s closed before the message was sent", id)
+			return apiError(http.StatusNotFound, "connection %s closed before the message was sent", t.id)
 		case errors.Is(err, relay.ErrWriteLockTimeout), isTimeout(err):
-			return apiError(http.StatusGatewayTimeout, "connection %s: the client accepted nothing within write_timeout; it is closed", id)
+			return apiError(http.StatusGatewayTimeout, "connection %s: the client accepted nothing within write_timeout; it is closed", t.id)
 		default:
-			return apiError(http.StatusBadGateway, "connection %s: writing to the client failed; it is closed", id)
+			return apiError(http.StatusBadGateway, "connection %s: writing to the client failed; it is closed", t.id)
 		}
 	}
 	return writeJSON(w, sentResult{Sent: 1})
@@ -310,10 +385,7 @@ func (a *adminAPI) send(w http.ResponseWriter, r *http.Request, id string) error
 
 // broadcast sends the request body as one message to every matching
 // client: framed once, the same bytes written to each.
-func (a *adminAPI) broadcast(w http.ResponseWriter, r *http.Request) error {
-	if err := allow(w, r, http.MethodPost); err != nil {
-		return err
-	}
+func broadcast(w http.ResponseWriter, r *http.Request) error {
 	f, err := parseFilter(r.URL.RawQuery)
 	if err != nil {
 		return err
@@ -323,17 +395,14 @@ func (a *adminAPI) broadcast(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	frame := wsframe.Prepare(op, body)
-	list := selectTunnels(f.match)
+	list := selectTunnels(f.matchOpen)
 	failed := forEachTunnel(list, func(t *tunnel) error { return t.WritePrepared(frame) })
 	return writeJSON(w, sentResult{Sent: len(list) - failed, Failed: failed})
 }
 
 // ping pings every matching client; the request body, if any, is the
 // ping's payload (at most 125 bytes).
-func (a *adminAPI) ping(w http.ResponseWriter, r *http.Request) error {
-	if err := allow(w, r, http.MethodPost); err != nil {
-		return err
-	}
+func ping(w http.ResponseWriter, r *http.Request) error {
 	f, err := parseFilter(r.URL.RawQuery)
 	if err != nil {
 		return err
@@ -342,7 +411,7 @@ func (a *adminAPI) ping(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	list := selectTunnels(f.match)
+	list := selectTunnels(f.matchOpen)
 	failed := forEachTunnel(list, func(t *tunnel) error { return t.Ping(payload) })
 	return writeJSON(w, sentResult{Sent: len(list) - failed, Failed: failed})
 }
@@ -352,10 +421,7 @@ func (a *adminAPI) ping(w http.ResponseWriter, r *http.Request) error {
 // them) and the failures counting now. Addresses that only open tunnels
 // still use (of an unloaded configuration, or dynamic targets) are listed
 // too, healthy, with their open tunnels.
-func (a *adminAPI) upstreams(w http.ResponseWriter, r *http.Request) error {
-	if err := allow(w, r, http.MethodGet); err != nil {
-		return err
-	}
+func upstreams(w http.ResponseWriter, r *http.Request) error {
 	if err := noQuery(r); err != nil {
 		return err
 	}
@@ -391,7 +457,7 @@ func disconnect(list []*tunnel) int {
 // the connection's value must be one of the key's values.
 type filter map[string]map[string]bool
 
-var filterKeys = []string{"id", "channel", "subprotocol", "user", "upstream"}
+var filterKeys = []string{"id", "channel", "subprotocol", "user", "upstream", "transport"}
 
 func parseFilter(rawQuery string) (filter, error) {
 	q, err := url.ParseQuery(rawQuery)
@@ -414,22 +480,16 @@ func parseFilter(rawQuery string) (filter, error) {
 
 func (f filter) match(t *tunnel) bool {
 	return f.has("id", t.id) && f.has("channel", t.channel) && f.has("subprotocol", t.subprotocol) &&
-		f.has("user", t.user) && f.has("upstream", t.upstream)
+		f.has("user", t.user) && f.has("upstream", t.upstream) && f.has("transport", t.transport)
 }
+
+// matchOpen is match for the tunnels that can still take a message: a
+// closing tunnel is listed, but nothing more is sent to it.
+func (f filter) matchOpen(t *tunnel) bool { return !t.Ending() && f.match(t) }
 
 func (f filter) has(key, value string) bool {
 	set, ok := f[key]
 	return !ok || set[value]
-}
-
-// allow answers 405, with the Allow header, to any other method.
-func allow(w http.ResponseWriter, r *http.Request, methods ...string) error {
-	if slices.Contains(methods, r.Method) {
-		return nil
-	}
-	list := strings.Join(methods, ", ")
-	w.Header().Set("Allow", list)
-	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, list)
 }
 
 func noQuery(r *http.Request) error {
@@ -496,4 +556,5 @@ func apiError(status int, format string, args ...any) error {
 var (
 	_ caddy.Module      = (*adminAPI)(nil)
 	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
 )

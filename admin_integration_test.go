@@ -283,6 +283,59 @@ func TestAdminErrors(t *testing.T) {
 	}
 }
 
+// Issue 13 §0, on a real Caddy: DELETE /ws_to_tcp/connections/, the path
+// a script makes of an empty id, is a JSON 404 and leaves the open tunnels
+// open; so are the other paths that are not documented, and /ws_to_tcp.
+func TestAdminEmptyIDLeavesTunnelsOpen(t *testing.T) {
+	up := echoUpstream(t)
+	s := startCaddy(t, `{HTTP} {
+	ws_to_tcp `+up.addr+`
+}`)
+	c1, c2 := s.dial("/", nil), s.dial("/", nil)
+	defer c1.Close()
+	defer c2.Close()
+	open := connIDs(s.waitConns(2))
+	for _, tc := range []struct{ method, path string }{
+		{"DELETE", "/ws_to_tcp/connections/"},
+		{"DELETE", "/ws_to_tcp/connections/?id=" + open[0]},
+		{"DELETE", "/ws_to_tcp/connections/" + open[0] + "/"},
+		{"DELETE", "/ws_to_tcp/connections//"}, // Caddy's mux: 301 to .../connections/, followed as a GET
+		{"POST", "/ws_to_tcp/connections/" + open[0] + "/send/"},
+		{"POST", "/ws_to_tcp/broadcast/"},
+		{"DELETE", "/ws_to_tcp"},
+	} {
+		status, hdr, body := s.admin(tc.method, tc.path, "", []byte("x"))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(body, &e); status != 404 || err != nil || e.Error == "" || hdr.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: status %d, Content-Type %q, body %s; want a JSON 404",
+				tc.method, tc.path, status, hdr.Get("Content-Type"), body)
+		}
+	}
+	if got := connIDs(s.listConns("")); !slices.Equal(got, open) {
+		t.Fatalf("open after the requests: %v, want %v", got, open)
+	}
+	for i, c := range []*websocket.Conn{c1, c2} {
+		msg := fmt.Sprintf("still relaying %d", i)
+		if err := c.WriteMessage(websocket.BinaryMessage, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(ioTimeout))
+		var got []byte
+		for len(got) < len(msg) {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				t.Fatalf("client %d: %v after %q", i, err, got)
+			}
+			got = append(got, b...)
+		}
+		if string(got) != msg {
+			t.Fatalf("client %d: echo %q, want %q", i, got, msg)
+		}
+	}
+}
+
 // send: text for text/*, binary otherwise; the relay goes on around it.
 func TestAdminSendTextAndBinary(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")

@@ -1,15 +1,24 @@
 package wstotcp
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -17,6 +26,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // The hand-written JSON of the connection list decodes to what
@@ -225,4 +235,377 @@ func (m *dtoMetric) label(name string) string {
 		}
 	}
 	return ""
+}
+
+// adminMux mounts the admin routes on a ServeMux as Caddy's admin endpoint
+// mounts them (newAdminHandler in Caddy's admin.go): the router is
+// provisioned first, and a handler's error is answered as JSON,
+// {"error": message}, with its status. Caddy's own checks in front of the
+// mux (host, origin) do not concern the routes.
+func adminMux(t testing.TB) *http.ServeMux {
+	t.Helper()
+	a := new(adminAPI)
+	if p, ok := any(a).(caddy.Provisioner); ok {
+		if err := p.Provision(caddy.Context{Context: context.Background()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mux := http.NewServeMux()
+	for _, route := range a.Routes() {
+		mux.Handle(route.Pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			err := route.Handler.ServeHTTP(w, r)
+			if err == nil {
+				return
+			}
+			ae, ok := err.(caddy.APIError)
+			if !ok {
+				ae = caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+			}
+			if ae.HTTPStatus == 0 {
+				ae.HTTPStatus = http.StatusInternalServerError
+			}
+			if ae.Message == "" && ae.Err != nil {
+				ae.Message = ae.Err.Error()
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(ae.HTTPStatus)
+			json.NewEncoder(w).Encode(ae)
+		}))
+	}
+	return mux
+}
+
+// adminFixture is a few real tunnels and the admin routes mounted in
+// process. The tunnels are opened through a provisioned Handler's
+// ServeHTTP on an httptest.Server to an echo upstream; their clients
+// record what they receive, so that a test can tell whether an admin
+// request touched them.
+type adminFixture struct {
+	mux     *http.ServeMux
+	url     string // ws:// of the handler's server
+	clients []*fixtureClient
+	barrier string // prefix of the barrier pings' payloads, unguessable
+	seq     int    // names the next client and barrier
+}
+
+// fixtureClient is one tunnel's client.
+type fixtureClient struct {
+	id     string // the tunnel's, as the admin API lists it
+	conn   *websocket.Conn
+	events chan string // what it received: messages, pings, its end
+}
+
+func newAdminFixture(t testing.TB, n int) *adminFixture {
+	t.Helper()
+	up := echoUpstream(t)
+	h := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}], "channel": "{http.request.uri.query.fx}"}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+		next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+			return caddyhttp.Error(http.StatusNotFound, nil)
+		})
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			http.Error(w, err.Error(), cmp.Or(handlerErrorStatus(err), http.StatusInternalServerError))
+		}
+	}))
+	f := &adminFixture{mux: adminMux(t), url: "ws" + strings.TrimPrefix(srv.URL, "http"), barrier: rand.Text()}
+	t.Cleanup(func() {
+		for _, cl := range f.clients {
+			cl.conn.Close()
+		}
+		waitNoTunnels(t)
+		srv.Close()
+	})
+	for range n {
+		f.clients = append(f.clients, f.open(t))
+	}
+	return f
+}
+
+// open opens a tunnel and learns its id from the admin API.
+func (f *adminFixture) open(t testing.TB) *fixtureClient {
+	t.Helper()
+	f.seq++
+	name := fmt.Sprintf("fixture-%d", f.seq)
+	d := websocket.Dialer{HandshakeTimeout: ioTimeout}
+	c, _, err := d.Dial(f.url+"/?fx="+name, nil)
+	if err != nil {
+		t.Fatalf("opening a fixture tunnel: %v", err)
+	}
+	cl := &fixtureClient{conn: c, events: make(chan string, 1024)}
+	c.SetPingHandler(func(p string) error {
+		cl.events <- "ping " + p
+		return c.WriteControl(websocket.PongMessage, []byte(p), time.Now().Add(ioTimeout))
+	})
+	go func() {
+		for {
+			mt, b, err := c.ReadMessage()
+			if err != nil {
+				cl.events <- "end: " + err.Error()
+				return
+			}
+			cl.events <- fmt.Sprintf("message of type %d, %d bytes", mt, len(b))
+		}
+	}()
+	// A tunnel registers right after its 101: a moment after Dial returns.
+	waitFor(t, ioTimeout, "the fixture tunnel listed", func() bool {
+		rec := f.do(t, "GET", "/ws_to_tcp/connections?channel="+name, "", nil)
+		var list []connInfo
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &list) != nil || len(list) != 1 {
+			return false
+		}
+		cl.id = list[0].ID
+		return true
+	})
+	return cl
+}
+
+// do sends a request to the admin routes.
+func (f *adminFixture) do(t testing.TB, method, target, contentType string, body []byte) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(method, target, bytes.NewReader(body))
+	if contentType != "" {
+		r.Header.Set("Content-Type", contentType)
+	}
+	rec := httptest.NewRecorder()
+	f.mux.ServeHTTP(rec, r)
+	return rec
+}
+
+// effect is what an admin request may do to the fixture's tunnels.
+type effect int
+
+const (
+	untouched    effect = iota // nothing reaches a client
+	messaged                   // messages and pings may reach clients; every tunnel stays open
+	disconnected               // tunnels may also be closed
+)
+
+// expect checks that the last admin request did no more to the tunnels
+// than allowed: each is still registered and open, and received nothing
+// before a ping sent now through the admin API. A tunnel found closed is
+// replaced by a new one before the check fails, so that the requests
+// after a failure find the fixture whole.
+func (f *adminFixture) expect(t testing.TB, allowed effect, what string) {
+	t.Helper()
+	var problems []string
+	for i, cl := range f.clients {
+		if findTunnel(cl.id) != nil {
+			continue
+		}
+		if allowed < disconnected {
+			problems = append(problems, fmt.Sprintf("tunnel %s closed", cl.id))
+		}
+		cl.conn.Close()
+		f.clients[i] = f.open(t)
+	}
+	f.seq++
+	payload := fmt.Sprintf("%s-%d", f.barrier, f.seq)
+	q := url.Values{}
+	for _, cl := range f.clients {
+		q.Add("id", cl.id)
+	}
+	rec := f.do(t, "POST", "/ws_to_tcp/ping?"+q.Encode(), "", []byte(payload))
+	var res sentResult
+	if json.Unmarshal(rec.Body.Bytes(), &res); rec.Code != http.StatusOK || res != (sentResult{Sent: len(f.clients)}) {
+		t.Fatalf("%s: the barrier ping answered %d %s", what, rec.Code, rec.Body)
+	}
+	for _, cl := range f.clients {
+		var before []string
+		for done := false; !done; {
+			select {
+			case ev := <-cl.events:
+				if done = ev == "ping "+payload; !done {
+					before = append(before, ev)
+				}
+			case <-time.After(ioTimeout):
+				t.Fatalf("%s: tunnel %s: no barrier ping; received %q", what, cl.id, before)
+			}
+		}
+		for _, ev := range before {
+			if allowed == untouched || strings.HasPrefix(ev, "end") {
+				problems = append(problems, fmt.Sprintf("tunnel %s received %q", cl.id, before))
+				break
+			}
+		}
+	}
+	if len(problems) > 0 {
+		t.Fatalf("%s: %s", what, strings.Join(problems, "; "))
+	}
+}
+
+// checkJSONError checks an error answer: JSON with a message, the status
+// wanted, and for a 405 the methods allowed.
+func checkJSONError(t testing.TB, what string, rec *httptest.ResponseRecorder, status int, allow string) {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	err := json.Unmarshal(rec.Body.Bytes(), &e)
+	if rec.Code != status || err != nil || e.Error == "" || rec.Header().Get("Content-Type") != "application/json" ||
+		rec.Header().Get("Allow") != allow {
+		t.Errorf("%s: status %d (want %d), Allow %q (want %q), Content-Type %q, body %s",
+			what, rec.Code, status, rec.Header().Get("Allow"), allow, rec.Header().Get("Content-Type"), rec.Body)
+	}
+}
+
+// Issue 13 §0: a path that names an id position acts on that id or is a
+// 404; only the exact collection path acts on all. Every path that is not
+// documented is a JSON 404, a documented one with another method a JSON
+// 405 with Allow, and none of them touches a tunnel.
+func TestAdminOddPathsTouchNothing(t *testing.T) {
+	f := newAdminFixture(t, 2)
+	id := f.clients[0].id
+	for _, tc := range []struct {
+		method, target string
+		status         int
+		allow          string
+	}{
+		{"DELETE", "/ws_to_tcp/connections/", 404, ""},
+		{"GET", "/ws_to_tcp/connections/", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/?id=" + id, 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/" + id + "/", 404, ""},
+		{"GET", "/ws_to_tcp/connections/" + id + "/", 404, ""},
+		{"POST", "/ws_to_tcp/connections/" + id + "/send/", 404, ""},
+		{"POST", "/ws_to_tcp/connections/" + id + "/send/x", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/" + id + "/x", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/" + strings.ToLower(id), 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/%2F", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/%20", 404, ""},
+		{"POST", "/ws_to_tcp/broadcast/", 404, ""},
+		{"POST", "/ws_to_tcp/ping/", 404, ""},
+		{"GET", "/ws_to_tcp/upstreams/", 404, ""},
+		{"DELETE", "/ws_to_tcp/", 404, ""},
+		{"DELETE", "/ws_to_tcp", 404, ""},
+		{"DELETE", "/ws_to_tcp/Connections", 404, ""},
+		{"DELETE", "/ws_to_tcp/x/connections", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/" + id + "/send", 405, "POST"},
+		{"POST", "/ws_to_tcp/connections/" + id, 405, "GET, DELETE"},
+		{"PUT", "/ws_to_tcp/connections", 405, "GET, DELETE"},
+		{"POST", "/ws_to_tcp/connections?id=" + id, 405, "GET, DELETE"},
+		{"DELETE", "/ws_to_tcp/broadcast", 405, "POST"},
+		{"CONNECT", "/ws_to_tcp/connections//send", 405, "POST"}, // CONNECT paths are not cleaned: an empty {id}
+	} {
+		what := tc.method + " " + tc.target
+		rec := f.do(t, tc.method, tc.target, "text/plain", []byte("x"))
+		checkJSONError(t, what, rec, tc.status, tc.allow)
+		f.expect(t, untouched, what)
+	}
+}
+
+// Paths with empty or dot segments never reach a route: Caddy's ServeMux
+// redirects them to the cleaned path (307 since Go 1.26, 301 before).
+// Following the redirect with the same method, as a client does for a 307,
+// gets the cleaned path's answer: a JSON 404 or 405, never the collection.
+func TestAdminUncleanPathsTouchNothing(t *testing.T) {
+	f := newAdminFixture(t, 2)
+	id := f.clients[0].id
+	for _, tc := range []struct {
+		method, target, cleaned string
+		status                  int
+		allow                   string
+	}{
+		{"DELETE", "/ws_to_tcp/connections//", "/ws_to_tcp/connections/", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/./", "/ws_to_tcp/connections/", 404, ""},
+		{"DELETE", "/ws_to_tcp/connections/x/../", "/ws_to_tcp/connections/", 404, ""},
+		{"POST", "/ws_to_tcp/connections//send", "/ws_to_tcp/connections/send", 405, "GET, DELETE"},
+		{"DELETE", "/ws_to_tcp/connections//send", "/ws_to_tcp/connections/send", 404, ""},
+		{"POST", "/ws_to_tcp/connections/" + id + "//send", "/ws_to_tcp/connections/" + id + "/send", 200, ""},
+		{"DELETE", "/ws_to_tcp/connections/" + id + "//", "/ws_to_tcp/connections/" + id + "/", 404, ""},
+		{"POST", "/ws_to_tcp//broadcast/", "/ws_to_tcp/broadcast/", 404, ""},
+	} {
+		what := tc.method + " " + tc.target
+		rec := f.do(t, tc.method, tc.target, "", nil)
+		if loc := rec.Header().Get("Location"); !isMuxRedirect(rec.Code) || loc != tc.cleaned {
+			t.Errorf("%s: status %d, Location %q; want a redirect to %s", what, rec.Code, loc, tc.cleaned)
+		}
+		f.expect(t, untouched, what)
+		rec = f.do(t, tc.method, tc.cleaned, "", nil)
+		if tc.status == http.StatusOK {
+			// the one documented path among them: a send to that id
+			if rec.Code != http.StatusOK {
+				t.Errorf("%s after the redirect: %d %s", what, rec.Code, rec.Body)
+			}
+			f.expect(t, messaged, what+" after the redirect")
+			continue
+		}
+		checkJSONError(t, what+" after the redirect", rec, tc.status, tc.allow)
+		f.expect(t, untouched, what+" after the redirect")
+	}
+}
+
+// The documented paths still act: on one id, and on all at the exact
+// collection path.
+func TestAdminRoutesInProcess(t *testing.T) {
+	f := newAdminFixture(t, 3)
+	id := f.clients[1].id
+	var one connInfo
+	rec := f.do(t, "GET", "/ws_to_tcp/connections/"+id, "", nil)
+	if json.Unmarshal(rec.Body.Bytes(), &one); rec.Code != 200 || one.ID != id {
+		t.Fatalf("GET one: %d %s", rec.Code, rec.Body)
+	}
+	f.expect(t, untouched, "GET one")
+	rec = f.do(t, "POST", "/ws_to_tcp/connections/"+id+"/send", "text/plain", []byte("hi"))
+	if rec.Code != 200 {
+		t.Fatalf("send: %d %s", rec.Code, rec.Body)
+	}
+	if ev := <-f.clients[1].events; ev != "message of type 1, 2 bytes" {
+		t.Fatalf("the client got %q", ev)
+	}
+	f.expect(t, untouched, "send")
+	rec = f.do(t, "DELETE", "/ws_to_tcp/connections/"+id, "", nil)
+	var closed closedResult
+	if json.Unmarshal(rec.Body.Bytes(), &closed); rec.Code != 200 || closed.Closed != 1 || findTunnel(id) != nil {
+		t.Fatalf("DELETE one: %d %s", rec.Code, rec.Body)
+	}
+	if findTunnel(f.clients[0].id) == nil || findTunnel(f.clients[2].id) == nil {
+		t.Fatal("DELETE one closed another")
+	}
+	f.expect(t, disconnected, "DELETE one")
+	rec = f.do(t, "DELETE", "/ws_to_tcp/connections", "", nil)
+	if json.Unmarshal(rec.Body.Bytes(), &closed); rec.Code != 200 || closed.Closed != 3 {
+		t.Fatalf("DELETE all: %d %s", rec.Code, rec.Body)
+	}
+	for _, cl := range f.clients {
+		if findTunnel(cl.id) != nil {
+			t.Fatalf("DELETE all left %s open", cl.id)
+		}
+	}
+	f.expect(t, disconnected, "DELETE all")
+}
+
+// isMuxRedirect reports whether status is that of Go's ServeMux redirect
+// to a cleaned path: 307 since Go 1.26, 301 before.
+func isMuxRedirect(status int) bool {
+	return status == http.StatusTemporaryRedirect || status == http.StatusMovedPermanently
+}
+
+// With GODEBUG=httpmuxgo121=1 the ServeMux has no {id} wildcards: the admin
+// router then fails to load, instead of answering 404 to every id. The
+// setting is read once at start, hence the test binary run again with it.
+func TestAdminNeedsServeMuxPatterns(t *testing.T) {
+	if os.Getenv("WSTOTCP_TEST_HTTPMUXGO121") == "1" {
+		fmt.Printf("provision: %v\n", new(adminAPI).Provision(caddy.Context{}))
+		return
+	}
+	if err := new(adminAPI).Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAdminNeedsServeMuxPatterns$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GODEBUG=httpmuxgo121=1", "WSTOTCP_TEST_HTTPMUXGO121=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "provision: the /ws_to_tcp admin routes need the path patterns") {
+		t.Fatalf("with httpmuxgo121=1: %v\n%s", err, out)
+	}
+}
+
+// A panic in an admin handler is a JSON 500, logged, instead of the admin
+// server's dropped connection.
+func TestAdminPanicIsJSON500(t *testing.T) {
+	h := recovered(func(http.ResponseWriter, *http.Request) error { panic("boom") })
+	err := h(httptest.NewRecorder(), httptest.NewRequest("GET", "/ws_to_tcp/ping", nil))
+	var ae caddy.APIError
+	if !errors.As(err, &ae) || ae.HTTPStatus != http.StatusInternalServerError || ae.Err.Error() != "internal error" {
+		t.Fatalf("error %#v, want a 500 APIError", err)
+	}
 }
