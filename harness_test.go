@@ -112,11 +112,15 @@ func (s *testServer) tryLoad(sites string) error {
 	if format == "" {
 		format = "format json"
 	}
+	gracePeriod := "grace_period 1ns"
+	if strings.Contains(s.opts.globals, "grace_period") {
+		gracePeriod = ""
+	}
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	http_port %d
 	skip_install_trust
-	grace_period 1ns
+	%s
 	persist_config off
 	log {
 		output file %s
@@ -125,7 +129,7 @@ func (s *testServer) tryLoad(sites string) error {
 	}
 %s
 }
-`, s.adminPort, s.httpPort, s.logFile, level, format, s.opts.globals) + strings.NewReplacer(
+`, s.adminPort, s.httpPort, gracePeriod, s.logFile, level, format, s.opts.globals) + strings.NewReplacer(
 		"{HTTP}", fmt.Sprintf("http://127.0.0.1:%d", s.httpPort),
 		"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", s.adminPort),
 	).Replace(sites)

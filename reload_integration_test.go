@@ -1,7 +1,6 @@
 package wstotcp
 
 import (
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -60,17 +59,4 @@ func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 	}
 	readEOFOrReset(t, uc)
 	roundTrip(t, c2, uc2, "the new config's tunnel is open")
-}
-
-// gorilla can only upgrade HTTP/1.1: a WebSocket over HTTP/2 or HTTP/3
-// gets a clear 501 instead of a broken handshake.
-func TestExtendedConnectIs501(t *testing.T) {
-	h := provisioned(t, `{"upstreams": [{"dial": "127.0.0.1:9"}]}`)
-	r := httptest.NewRequest("CONNECT", "/", nil)
-	r.ProtoMajor, r.Proto = 2, "HTTP/2.0"
-	r.Header.Set(":protocol", "websocket")
-	err := h.ServeHTTP(httptest.NewRecorder(), r, nil)
-	if status := handlerErrorStatus(err); status != 501 {
-		t.Fatalf("status %d (%v), want 501", status, err)
-	}
 }

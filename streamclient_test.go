@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -178,7 +179,7 @@ func (c *h2Client) connect(path string, hdr http.Header) (*streamWS, *http.Respo
 	if err != nil {
 		return nil, nil, err
 	}
-	req.Host = "localhost"
+	req.Host = localhostAt(c.addr)
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
@@ -242,7 +243,7 @@ func (c *h3Client) connect(path string, hdr http.Header) (*streamWS, *http.Respo
 		return nil, nil, err
 	}
 	req.Proto = "websocket"
-	req.Host = "localhost"
+	req.Host = localhostAt(c.addr)
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
@@ -262,6 +263,12 @@ func (c *h3Client) connect(path string, hdr http.Header) (*streamWS, *http.Respo
 		rs.CancelRead(0)
 		return rs.Close()
 	}}, resp, nil
+}
+
+// localhostAt is the authority a browser sends for https://localhost:<port>.
+func localhostAt(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return "localhost:" + port
 }
 
 func cutQuery(path string) (string, string, bool) {
