@@ -56,11 +56,11 @@ type browser struct {
 // newBrowser starts Chromium with a fresh profile. It is closed (the
 // process chromedp started, and only it, is killed) when the test ends;
 // register it after the Caddy it talks to, so that it goes first.
-func newBrowser(t *testing.T) *browser {
+func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	requireTools(t, "apt-get install -y chromium", chromiumPath)
 	b := &browser{t: t, out: new(lockedBuffer)}
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append([]chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
 		chromedp.Flag("headless", true),
 		chromedp.Flag("no-sandbox", true),
@@ -72,7 +72,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.CombinedOutput(b.out),
-	)
+	}, extra...)...)
 	ctx, cancelCtx := chromedp.NewContext(allocCtx)
 	t.Cleanup(func() {
 		cancelCtx()
