@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/pires/go-proxyproto"
 )
 
 // proxyInfo is a parsed PROXY protocol header.
@@ -31,7 +32,7 @@ type proxyInfo struct {
 // HAProxy's proxy-protocol.txt specifies it; it is the tests' independent
 // reading of what the encoders write.
 func parseProxyHeader(b []byte) (proxyInfo, error) {
-	if bytes.HasPrefix(b, proxyV2Sig[:]) {
+	if bytes.HasPrefix(b, proxyproto.SIGV2) {
 		return parseProxyV2(b)
 	}
 	if !bytes.HasPrefix(b, []byte("PROXY ")) {
@@ -138,7 +139,7 @@ func readProxyHeader(r io.Reader) (proxyInfo, []byte, error) {
 			return info, buf, err
 		}
 	}
-	if bytes.HasPrefix(buf, proxyV2Sig[:]) {
+	if bytes.HasPrefix(buf, proxyproto.SIGV2) {
 		rest := make([]byte, binary.BigEndian.Uint16(buf[14:16]))
 		if _, err := io.ReadFull(r, rest); err != nil {
 			return proxyInfo{}, buf, err
@@ -161,7 +162,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 // The encoders' exact bytes, and the parser's reading of them.
 func TestProxyHeaderBytes(t *testing.T) {
-	sig := string(proxyV2Sig[:])
+	sig := string(proxyproto.SIGV2)
 	tests := []struct {
 		name     string
 		version  int
