@@ -227,6 +227,9 @@ func wsDial(t testing.TB, srv *httptest.Server, path, token string, protocols []
 	d := websocket.Dialer{Subprotocols: protocols, HandshakeTimeout: 30 * time.Second}
 	c, resp, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+path, hdr)
 	if err == nil {
+		// a failing test ends its tunnels, which the upstreams' cleanup
+		// waits for
+		t.Cleanup(func() { c.Close() })
 		return c, http.StatusSwitchingProtocols
 	}
 	if resp == nil {
