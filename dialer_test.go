@@ -258,7 +258,17 @@ func TestDialerTimeoutCoversHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &dialer{timeout: 50 * time.Millisecond}
-	_, dialErr := d.dialRequest(context.Background(), u, prelude{header: proxyHeader(1, ap("192.0.2.1:1"), ap("192.0.2.2:2"))})
+	errs := make(chan error, 1)
+	go func() {
+		_, err := d.dialRequest(context.Background(), u, prelude{header: proxyHeader(1, ap("192.0.2.1:1"), ap("192.0.2.2:2"))})
+		errs <- err
+	}()
+	var dialErr error
+	select {
+	case dialErr = <-errs:
+	case <-time.After(ioTimeout):
+		t.Fatal("the dial did not end: nothing bounds the TLS handshake")
+	}
 	if !isTimeout(dialErr) {
 		t.Fatalf("error %v, want a timeout", dialErr)
 	}
