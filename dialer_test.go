@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -285,5 +286,28 @@ func TestDialerTimeoutCoversHandshake(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(got), "PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n") {
 		t.Fatalf("read %q", got)
+	}
+}
+
+// BenchmarkHandshake is the cost of one connection's setup through
+// ServeHTTP, without Caddy: the client's TCP connection and WebSocket
+// handshake, admission, the upstream dial and the upgrade, then the close.
+func BenchmarkHandshake(b *testing.B) {
+	echo := echoUpstream(b)
+	for _, proxy := range []string{"", "v2"} {
+		b.Run("proxy_protocol "+proxy, func(b *testing.B) {
+			h := provisioned(b, `{"upstreams": [{"dial": "`+echo.addr+`"}], "proxy_protocol": "`+proxy+`"}`)
+			h.logger = zap.NewNop() // a line per tunnel would be most of the cost
+			srv := serveHandler(b, h)
+			url := "ws" + strings.TrimPrefix(srv.URL, "http")
+			b.ReportAllocs()
+			for b.Loop() {
+				c, _, err := websocket.DefaultDialer.Dial(url, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
 	}
 }

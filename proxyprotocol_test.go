@@ -289,3 +289,17 @@ func TestProxyAddrs(t *testing.T) {
 		t.Fatalf("unix listener: %q", got)
 	}
 }
+
+// BenchmarkProxyHeader is the cost of a PROXY header written by
+// go-proxyproto, per connection (compare BenchmarkHandshake).
+func BenchmarkProxyHeader(b *testing.B) {
+	src, dst := ap("203.0.113.7:51234"), ap("192.0.2.1:443")
+	for _, v := range []int{1, 2} {
+		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				proxyHeader(v, src, dst)
+			}
+		})
+	}
+}
