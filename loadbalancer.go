@@ -82,8 +82,9 @@ type balancer struct {
 }
 
 // provisionBalancer sets up load balancing, health and the dialer, and
-// takes the handler's references to the shared upstream states. It does no I/O; the active health checker it
-// starts makes its first check a moment later.
+// takes the handler's references to the shared upstream states. It does no
+// I/O; the active health checker it starts makes its first check a moment
+// later.
 func (h *Handler) provisionBalancer(ctx caddy.Context) error {
 	b := &balancer{policy: policyRandom, maxPerUpstream: int64(h.MaxConnectionsPerUpstream)}
 	if lb := h.LoadBalancing; lb != nil {
