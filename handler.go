@@ -33,13 +33,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return err
 	}
-	// The limit slots are the tunnel's once it starts; until then, any
-	// way out gives them back.
-	defer func() {
-		if adm.release != nil {
-			adm.release()
-		}
-	}()
+	// Until the tunnel takes them, any way out gives the slots back.
+	defer adm.slots.releaseUnlessHandedOver()
 	subprotocol := adm.subprotocol
 
 	// The last admission step: a dynamic target chosen by the client's
@@ -49,7 +44,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return err
 	}
-	up, u, err := h.dialUpstream(w, r, &adm, target)
+	up, u, err := h.dialUpstream(w, r, adm.user, adm.slots, target)
 	if err != nil {
 		return err // 502 or 504, logged by Caddy with the reason
 	}
@@ -67,7 +62,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	if stream {
-		t.release, adm.release = adm.release, nil
+		t.release = adm.slots.handOver()
 		h.serveStream(w, r, t, up)
 		return nil // the stream carried the tunnel: there is no response left to write
 	}
@@ -82,7 +77,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
 		return nil
 	}
-	t.release, adm.release = adm.release, nil
+	t.release = adm.slots.handOver()
 	t.start(ws.UnderlyingConn(), up)
 	return nil // the connection is hijacked: there is no response to write
 }
@@ -112,32 +107,31 @@ func checkHandshake(r *http.Request) error {
 type admission struct {
 	subprotocol string // to echo; "" for none
 	user        string // "" when anonymous
-	release     func() // gives back the connection-limit slots; idempotent
+	slots       *slots // the connection-limit slots taken; the dial adds the upstream's
 }
 
-// admit runs the checks of SPEC §2 step 2, in this order: connection
-// limits (503 with Retry-After), Origin (403), authentication (401 with
-// WWW-Authenticate), the per-user limit (503; it needs the user, so it
-// comes after authentication), subprotocol (400). Before any of them it
-// takes the credentials out of the request: the bearer.<token>
-// subprotocol entry, and the query token when that carrier is on, so that
-// later handlers and this module's log lines never see them. A refusal
-// holds no slot; an admission holds them until release.
-func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (admission, error) {
+// admit runs the admission checks in the README's order (Admission and
+// authentication): connection limits (503 with Retry-After), Origin (403),
+// authentication (401 with WWW-Authenticate), the per-user limit (503; it
+// needs the user, so it comes after authentication), subprotocol (400).
+// Before any of them it takes the credentials out of the request: the
+// bearer.<token> subprotocol entry, and the query token when that carrier
+// is on, so that later handlers and this module's log lines never see
+// them. A refusal holds no slot; an admission holds them in adm.slots.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (adm admission, err error) {
 	creds := extractCredentials(r, h.auth)
 	if err := checkHandshake(r); err != nil {
 		return admission{}, h.rejected(r, rejectHandshake, http.StatusBadRequest, err)
 	}
 
-	release, err := h.limits.acquire(clientIP(r))
+	sl, err := h.limits.take(clientIP(r))
 	if err != nil {
 		w.Header().Set("Retry-After", retryAfter)
 		return admission{}, h.rejected(r, rejectLimit, http.StatusServiceUnavailable, err)
 	}
-	admitted := false
 	defer func() {
-		if !admitted {
-			release()
+		if err != nil {
+			sl.release()
 		}
 	}()
 
@@ -169,28 +163,16 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (admission, erro
 		}
 	}
 
-	releaseUser, err := h.limits.acquireUser(user)
-	if err != nil {
+	if err := sl.takeUser(user); err != nil {
 		w.Header().Set("Retry-After", retryAfter)
 		return admission{}, h.rejected(r, rejectLimit, http.StatusServiceUnavailable, err)
 	}
-	defer func() {
-		if !admitted {
-			releaseUser()
-		}
-	}()
 
 	subprotocol, err := h.negotiate(creds.offers, creds.fromProtocol)
 	if err != nil {
 		return admission{}, h.rejected(r, rejectSubprotocol, http.StatusBadRequest, err)
 	}
-
-	admitted = true
-	return admission{
-		subprotocol: subprotocol,
-		user:        user,
-		release:     func() { releaseUser(); release() },
-	}, nil
+	return admission{subprotocol: subprotocol, user: user, slots: sl}, nil
 }
 
 // retryAfter is the Retry-After of a 503 for a connection limit, in
@@ -205,9 +187,9 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// negotiate picks the subprotocol to echo (SPEC §4) among the offered
-// ones, bearer.<token> entries already removed (withToken tells there was
-// one). With a configured list, the server's order wins and an offer of
+// negotiate picks the subprotocol to echo among the offered ones
+// (README, Caddyfile reference: Subprotocol negotiation), bearer.<token>
+// entries already removed (withToken tells there was one). With a configured list, the server's order wins and an offer of
 // none of them is refused; without one, the client's first offer is
 // echoed, because browsers fail a handshake that echoes none of their
 // offers. For the same reason a client that offered only a token entry,

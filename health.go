@@ -494,11 +494,7 @@ func (h *Handler) healthCheck(ctx context.Context, u *Upstream) error {
 	a := b.active
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	var header []byte
-	if b.proxyVersion != 0 {
-		header = proxyHealthHeader(b.proxyVersion)
-	}
-	conn, err := h.open(ctx, u, a.timeout, header, a.send)
+	conn, err := b.dialer.dial(ctx, u, a.timeout, b.dialer.healthPrelude(a.send))
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package wstotcp
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -59,7 +58,7 @@ type LoadBalancing struct {
 }
 
 // balancer is a handler's run-time view of its upstreams: their shared
-// state, the policy, and what is written to an upstream after the dial.
+// state, the policy, and the dialer that connects to them.
 type balancer struct {
 	policy         string
 	retries        int
@@ -69,8 +68,7 @@ type balancer struct {
 	states         []*upstreamState // states[i] is ups[i]'s
 	robin          atomic.Uint64
 
-	proxyVersion int    // 1 or 2; 0: no PROXY header
-	preamble     string // escapes interpreted; placeholders expanded per request
+	dialer *dialer // for the configured upstreams and the dynamic targets alike
 
 	failDuration time.Duration // passive health; 0: off
 	maxFails     int
@@ -81,10 +79,10 @@ type balancer struct {
 	releaseOnce  sync.Once
 }
 
-// provisionBalancer sets up load balancing, health and what is sent
-// upstream after the dial, and takes the handler's references to the
-// shared upstream states. It does no I/O; the active health checker it
-// starts makes its first check a moment later.
+// provisionBalancer sets up load balancing, health and the dialer, and
+// takes the handler's references to the shared upstream states. It does no
+// I/O; the active health checker it starts makes its first check a moment
+// later.
 func (h *Handler) provisionBalancer(ctx caddy.Context) error {
 	b := &balancer{policy: policyRandom, maxPerUpstream: int64(h.MaxConnectionsPerUpstream)}
 	if lb := h.LoadBalancing; lb != nil {
@@ -93,15 +91,9 @@ func (h *Handler) provisionBalancer(ctx caddy.Context) error {
 		}
 		b.retries = lb.Retries
 	}
-	switch h.ProxyProtocol {
-	case "v1":
-		b.proxyVersion = 1
-	case "v2":
-		b.proxyVersion = 2
-	}
 	var err error
-	if b.preamble, err = unescape(h.Preamble); err != nil {
-		return fmt.Errorf("preamble: %v", err)
+	if b.dialer, err = newDialer(h); err != nil {
+		return err
 	}
 	if err := b.provisionHealth(h.HealthChecks); err != nil {
 		return err
@@ -188,36 +180,26 @@ func (h *Handler) releaseUpstreams() {
 	})
 }
 
-// dialUpstream connects to an upstream before the upgrade and writes the
-// PROXY header and the preamble, if configured. With a target (a dynamic
+// dialUpstream connects to an upstream before the upgrade, with the
+// request's prelude (PROXY header, preamble). With a target (a dynamic
 // target resolved from the client's token) it dials exactly that one. Else
 // it chooses among the configured upstreams by the selection policy and,
 // when the dial fails, tries up to lb_retries others.
 //
-// The chosen upstream's open-tunnel count is taken at selection and given
-// back through adm.release: when the handshake fails, or when the tunnel
-// ends. Answers: 502 when every candidate was refused or unreachable, or
-// when every upstream is down; 504 when the last one timed out; 503 with
-// Retry-After when the healthy upstreams are all at
+// The chosen upstream's open-tunnel slot is taken into sl at selection; a
+// failed dial gives it back before the next try, a successful one leaves
+// it in sl. Answers: 502 when every candidate was refused or unreachable,
+// or when every upstream is down; 504 when the last one timed out; 503
+// with Retry-After when the healthy upstreams are all at
 // max_connections_per_upstream.
-func (h *Handler) dialUpstream(w http.ResponseWriter, r *http.Request, adm *admission, target *Upstream) (net.Conn, *Upstream, error) {
+func (h *Handler) dialUpstream(w http.ResponseWriter, r *http.Request, user string, sl *slots, target *Upstream) (net.Conn, *Upstream, error) {
 	b := h.lb
-	// What is written first on the connection is the request's, whatever
-	// the upstream.
-	var header, preamble []byte
-	if b.proxyVersion != 0 {
-		src, dst := proxyAddrs(r)
-		header = proxyHeader(b.proxyVersion, src, dst)
-	}
-	if b.preamble != "" {
-		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		var err error
-		if preamble, err = expandPreamble(b.preamble, repl); err != nil {
-			return nil, nil, caddyhttp.Error(http.StatusBadRequest, err)
-		}
+	p, err := b.dialer.requestPrelude(r)
+	if err != nil {
+		return nil, nil, err
 	}
 	if target != nil {
-		conn, err := h.connect(r, target, header, preamble)
+		conn, err := b.dialer.dialRequest(r.Context(), target, p)
 		if err != nil {
 			return nil, nil, dialError(target, err)
 		}
@@ -228,25 +210,17 @@ func (h *Handler) dialUpstream(w http.ResponseWriter, r *http.Request, adm *admi
 	var lastErr error
 	var lastUp *Upstream
 	for attempt := 0; attempt <= b.retries; attempt++ {
-		i := b.reserve(r, adm.user, skip)
+		i := b.reserve(r, user, skip, sl)
 		if i < 0 {
 			break
 		}
 		skip[i] = true
 		u, s := b.ups[i], b.states[i]
-		conn, err := h.connect(r, u, header, preamble)
+		conn, err := b.dialer.dialRequest(r.Context(), u, p)
 		if err == nil {
-			prev := adm.release
-			var once sync.Once
-			adm.release = func() {
-				once.Do(func() { s.active.Add(-1) })
-				if prev != nil {
-					prev()
-				}
-			}
 			return conn, u, nil
 		}
-		s.active.Add(-1)
+		sl.dropUpstream()
 		if r.Context().Err() != nil {
 			// The client went away: not the upstream's fault.
 			return nil, nil, caddyhttp.Error(statusClientClosedRequest, fmt.Errorf("dialing upstream %s: client gone: %w", u.Dial, err))
@@ -273,95 +247,17 @@ func (h *Handler) dialUpstream(w http.ResponseWriter, r *http.Request, adm *admi
 		fmt.Errorf("no upstream available: all %d upstreams are down", len(b.ups)))
 }
 
-// dialError is the handler error for a failed dial: 504 for a timeout,
-// else 502.
-func dialError(u *Upstream, err error) error {
-	status := http.StatusBadGateway
-	if isTimeout(err) {
-		status = http.StatusGatewayTimeout
-	}
-	return caddyhttp.Error(status, fmt.Errorf("dialing upstream %s: %w", u.Dial, err))
-}
-
-// statusClientClosedRequest is what Caddy's reverse_proxy logs for a client
-// that went away while the upstream was dialled (nginx's 499).
-const statusClientClosedRequest = 499
-
-// connect dials u and writes what goes first on the connection: the PROXY
-// header (before the TLS handshake of a tls/ upstream: it is addressed to
-// the upstream's TCP layer) and the preamble, all within dial_timeout.
-func (h *Handler) connect(r *http.Request, u *Upstream, header, preamble []byte) (net.Conn, error) {
-	start := time.Now()
-	conn, err := h.open(r.Context(), u, time.Duration(h.DialTimeout), header, preamble)
-	if err != nil {
-		return nil, err
-	}
-	observeDial(time.Since(start))
-	return conn, nil
-}
-
-// open dials u within timeout, writes header before the TLS handshake of a
-// tls/ upstream and after before returning. The request path and the
-// active health check both open connections through it.
-func (h *Handler) open(ctx context.Context, u *Upstream, timeout time.Duration, header, after []byte) (net.Conn, error) {
-	var conn net.Conn
-	var err error
-	deadline := time.Now().Add(timeout)
-	if header == nil {
-		if conn, err = u.dial(ctx, timeout, h.upstreamTLS); err != nil {
-			return nil, err
-		}
-	} else {
-		dctx, cancel := context.WithDeadline(ctx, deadline)
-		defer cancel()
-		if conn, err = (&net.Dialer{}).DialContext(dctx, u.network, u.address); err != nil {
-			return nil, err
-		}
-		conn.SetWriteDeadline(deadline)
-		if _, err := conn.Write(header); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("writing the PROXY header: %w", err)
-		}
-		if u.useTLS {
-			cfg := h.upstreamTLS.Clone()
-			if cfg == nil {
-				cfg = &tls.Config{MinVersion: tls.VersionTLS12}
-			}
-			if cfg.ServerName == "" {
-				cfg.ServerName, _, _ = net.SplitHostPort(u.address)
-			}
-			tc := tls.Client(conn, cfg)
-			if err := tc.HandshakeContext(dctx); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			conn = tc
-		}
-	}
-	if len(after) > 0 {
-		conn.SetWriteDeadline(deadline)
-		if _, err := conn.Write(after); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("writing the preamble: %w", err)
-		}
-	}
-	if header != nil || len(after) > 0 {
-		conn.SetWriteDeadline(time.Time{})
-	}
-	return conn, nil
-}
-
 // reserve chooses an available upstream not in skip and takes one of its
-// open-tunnel slots, or returns -1 when there is none. An upstream found
-// full when its slot is taken (a concurrent handshake took the last one)
-// is skipped and another chosen.
-func (b *balancer) reserve(r *http.Request, user string, skip []bool) int {
+// open-tunnel slots into sl, or returns -1 when there is none. An upstream
+// found full when its slot is taken (a concurrent handshake took the last
+// one) is skipped and another chosen.
+func (b *balancer) reserve(r *http.Request, user string, skip []bool, sl *slots) int {
 	for {
 		i := b.pick(r, user, skip)
 		if i < 0 {
 			return -1
 		}
-		if b.states[i].tryAcquire(b.maxPerUpstream) {
+		if sl.takeUpstream(b.states[i], b.maxPerUpstream) {
 			return i
 		}
 		skip[i] = true

@@ -184,7 +184,7 @@ func TestReserveLimit(t *testing.T) {
 	r := httptest.NewRequest("GET", "/", nil)
 	var got []int
 	for range 5 {
-		got = append(got, b.reserve(r, "", make([]bool, 2)))
+		got = append(got, b.reserve(r, "", make([]bool, 2), new(slots)))
 	}
 	if fmt.Sprint(got) != "[0 0 1 1 -1]" {
 		t.Fatalf("reservations %v", got)
@@ -198,7 +198,7 @@ func TestReserveLimit(t *testing.T) {
 	b.states[1].active.Store(0)
 	skip := make([]bool, 2)
 	b.states[0].active.Store(2) // as if a concurrent handshake took it
-	if i := b.reserve(r, "", skip); i != 1 {
+	if i := b.reserve(r, "", skip, new(slots)); i != 1 {
 		t.Fatalf("reserved %d", i)
 	}
 	if !b.anyHealthy() {
@@ -368,7 +368,7 @@ func TestBalancerDefaults(t *testing.T) {
 		"preamble": "LOGIN {http.auth.user.id}\\n"}`)
 	t.Cleanup(func() { h.Cleanup() })
 	b := h.lb
-	if b.policy != policyRandom || b.retries != 0 || b.maxPerUpstream != 0 || b.proxyVersion != 0 {
+	if b.policy != policyRandom || b.retries != 0 || b.maxPerUpstream != 0 || b.dialer.proxyVersion != 0 {
 		t.Fatalf("balancer %+v", b)
 	}
 	if b.failDuration != 30*time.Second || b.maxFails != 1 {
@@ -378,8 +378,8 @@ func TestBalancerDefaults(t *testing.T) {
 	if a.timeout != 5*time.Second || a.fails != 1 || a.passes != 1 || string(a.send) != "PING\r\n" || string(a.expect) != "+PONG" {
 		t.Fatalf("active %+v", a)
 	}
-	if b.preamble != "LOGIN {http.auth.user.id}\n" {
-		t.Fatalf("preamble %q", b.preamble)
+	if b.dialer.preamble != "LOGIN {http.auth.user.id}\n" {
+		t.Fatalf("preamble %q", b.dialer.preamble)
 	}
 	if b.states[0] != b.states[1] {
 		t.Fatal("one address configured twice has two states")

@@ -8,9 +8,10 @@ import (
 )
 
 // unescape interprets the escapes of `preamble`, `health_send` and
-// `health_expect` (SPEC §3): `\n`, `\r`, `\t`, `\\` and `\xHH` (one byte,
-// two hex digits). A backslash before any other character is kept as it
-// is, so that `\{` still reaches Caddy's replacer as an escaped brace.
+// `health_expect` (README, PROXY protocol and preamble): `\n`, `\r`,
+// `\t`, `\\` and `\xHH` (one byte, two hex digits). A backslash before
+// any other character is kept as it is, so that `\{` still reaches
+// Caddy's replacer as an escaped brace.
 func unescape(s string) (string, error) {
 	if !strings.Contains(s, `\`) {
 		return s, nil

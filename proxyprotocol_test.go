@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/pires/go-proxyproto"
 )
 
 // proxyInfo is a parsed PROXY protocol header.
@@ -31,7 +32,7 @@ type proxyInfo struct {
 // HAProxy's proxy-protocol.txt specifies it; it is the tests' independent
 // reading of what the encoders write.
 func parseProxyHeader(b []byte) (proxyInfo, error) {
-	if bytes.HasPrefix(b, proxyV2Sig[:]) {
+	if bytes.HasPrefix(b, proxyproto.SIGV2) {
 		return parseProxyV2(b)
 	}
 	if !bytes.HasPrefix(b, []byte("PROXY ")) {
@@ -138,7 +139,7 @@ func readProxyHeader(r io.Reader) (proxyInfo, []byte, error) {
 			return info, buf, err
 		}
 	}
-	if bytes.HasPrefix(buf, proxyV2Sig[:]) {
+	if bytes.HasPrefix(buf, proxyproto.SIGV2) {
 		rest := make([]byte, binary.BigEndian.Uint16(buf[14:16]))
 		if _, err := io.ReadFull(r, rest); err != nil {
 			return proxyInfo{}, buf, err
@@ -161,7 +162,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 // The encoders' exact bytes, and the parser's reading of them.
 func TestProxyHeaderBytes(t *testing.T) {
-	sig := string(proxyV2Sig[:])
+	sig := string(proxyproto.SIGV2)
 	tests := []struct {
 		name     string
 		version  int
@@ -286,5 +287,19 @@ func TestProxyAddrs(t *testing.T) {
 	src, dst := proxyAddrs(r)
 	if got := proxyHeader(1, src, dst); string(got) != "PROXY UNKNOWN\r\n" {
 		t.Fatalf("unix listener: %q", got)
+	}
+}
+
+// BenchmarkProxyHeader is the cost of a PROXY header written by
+// go-proxyproto, per connection (compare BenchmarkHandshake).
+func BenchmarkProxyHeader(b *testing.B) {
+	src, dst := ap("203.0.113.7:51234"), ap("192.0.2.1:443")
+	for _, v := range []int{1, 2} {
+		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				proxyHeader(v, src, dst)
+			}
+		})
 	}
 }

@@ -1,7 +1,6 @@
 package wstotcp
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Upstream is one address to relay to.
@@ -106,23 +104,4 @@ func (t *UpstreamTLS) tlsConfig() (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
-}
-
-// dial connects to the upstream within timeout; for tls/ upstreams the
-// TLS handshake is part of the dial.
-func (u *Upstream) dial(ctx context.Context, timeout time.Duration, tlsCfg *tls.Config) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	d := &net.Dialer{}
-	if !u.useTLS {
-		return d.DialContext(ctx, u.network, u.address)
-	}
-	cfg := tlsCfg.Clone()
-	if cfg.ServerName == "" {
-		cfg.ServerName = u.serverName
-	}
-	if cfg.ServerName == "" {
-		cfg.ServerName, _, _ = net.SplitHostPort(u.address)
-	}
-	return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, u.network, u.address)
 }
