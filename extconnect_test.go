@@ -488,3 +488,52 @@ func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
 	stalled.close()
 	s.waitConns(0)
 }
+
+// The end of an HTTP/2 or HTTP/3 connection ends each of its tunnels and
+// closes their upstreams; closing one tunnel first leaves the others be.
+func TestExtendedConnectConnectionEndEndsItsTunnels(t *testing.T) {
+	up := newUpstream(t, "tcp", "127.0.0.1:0")
+	s := startTLSSite(t, `{HTTPS} {
+	{TLS}
+	ws_to_tcp `+up.addr+`
+}`)
+	for _, transport := range streamTransports {
+		t.Run(transport, func(t *testing.T) {
+			var closeConn func()
+			var d streamDialer
+			if transport == transportH3 {
+				c := newH3Client(t, s.addr)
+				d, closeConn = c, func() { c.cc.CloseWithError(0, "bye") }
+			} else {
+				c := newH2Client(t, s.addr)
+				d, closeConn = c, func() { c.cc.Close() }
+			}
+			var wss []*streamWS
+			var ucs []net.Conn
+			for range 3 {
+				ws, _, err := d.connect("/", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wss = append(wss, ws)
+				ucs = append(ucs, up.accept(t))
+			}
+			// One closes: the other two still relay.
+			wss[0].closeWith(wsframe.CloseNormal)
+			if _, _, err := wss[0].readData(); closeCodeOf(err) != wsframe.CloseNormal {
+				t.Fatalf("%v, want the Close echoed", err)
+			}
+			readEOFOrReset(t, ucs[0])
+			for i := 1; i < 3; i++ {
+				ucs[i].Write([]byte("still here"))
+				if _, p, err := wss[i].readData(); err != nil || string(p) != "still here" {
+					t.Fatalf("tunnel %d: %q %v", i, p, err)
+				}
+			}
+			closeConn()
+			readEOFOrReset(t, ucs[1])
+			readEOFOrReset(t, ucs[2])
+			s.waitConns(0)
+		})
+	}
+}
