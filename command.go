@@ -151,6 +151,9 @@ func cmdWSToTCP(fs caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
+	if strings.HasPrefix(sum.url, "wss://") {
+		serveHTTP2WebSockets()
+	}
 	if err := caddy.Run(cfg); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}

@@ -96,7 +96,15 @@ type caddyProcess struct {
 // home: every Caddy a test runs gets its own directories.
 func caddyEnv(t testing.TB) []string {
 	home := t.TempDir()
-	return append(os.Environ(),
+	// Without the GODEBUG that TestMain set for the in-process Caddy: the
+	// built binary gets the environment a user's has.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env,
 		"HOME="+home,
 		"XDG_CONFIG_HOME="+filepath.Join(home, "config"),
 		"XDG_DATA_HOME="+filepath.Join(home, "data"),
