@@ -30,8 +30,15 @@ func TestMain(m *testing.M) {
 	if !http2ExtendedConnect() {
 		exe, err := os.Executable()
 		if err == nil {
+			// One GODEBUG entry: with two, the first would win.
+			var env []string
+			for _, kv := range os.Environ() {
+				if !strings.HasPrefix(kv, "GODEBUG=") {
+					env = append(env, kv)
+				}
+			}
 			godebug := strings.Trim(os.Getenv("GODEBUG")+",http2xconnect=1", ",")
-			err = syscall.Exec(exe, os.Args, append(os.Environ(), "GODEBUG="+godebug))
+			err = syscall.Exec(exe, os.Args, append(env, "GODEBUG="+godebug))
 		}
 		fmt.Fprintln(os.Stderr, "restarting the tests with GODEBUG=http2xconnect=1:", err)
 		os.Exit(2)
