@@ -102,11 +102,6 @@ func (s *docExecStub) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// docPending are pages the documentation links to before they are written
-// (issue 11's architecture page): a link to one is accepted while the
-// file does not exist, and checked as any other once it does.
-var docPending = map[string]bool{"docs/architecture.md": true}
-
 // docBlock is one fenced code block of a documentation file.
 type docBlock struct {
 	file string // relative to the repository root
@@ -742,9 +737,7 @@ func TestDocsLinks(t *testing.T) {
 					dest = filepath.ToSlash(filepath.Join(filepath.Dir(file), path))
 				}
 				if _, err := os.Stat(dest); err != nil {
-					if !docPending[dest] {
-						t.Errorf("%s: link %q: %s does not exist", where, target, dest)
-					}
+					t.Errorf("%s: link %q: %s does not exist", where, target, dest)
 					continue
 				}
 				if frag == "" {
