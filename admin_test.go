@@ -390,7 +390,7 @@ func (f *adminFixture) expect(t testing.TB, allowed effect, what string) {
 	t.Helper()
 	var problems []string
 	for i, cl := range f.clients {
-		if findTunnel(cl.id) != nil {
+		if tunnelOpen(cl.id) {
 			continue
 		}
 		if allowed < disconnected {
@@ -555,10 +555,10 @@ func TestAdminRoutesInProcess(t *testing.T) {
 	f.expect(t, untouched, "send")
 	rec = f.do(t, "DELETE", "/ws_to_tcp/connections/"+id, "", nil)
 	var closed closedResult
-	if json.Unmarshal(rec.Body.Bytes(), &closed); rec.Code != 200 || closed.Closed != 1 || findTunnel(id) != nil {
+	if json.Unmarshal(rec.Body.Bytes(), &closed); rec.Code != 200 || closed.Closed != 1 || tunnelOpen(id) {
 		t.Fatalf("DELETE one: %d %s", rec.Code, rec.Body)
 	}
-	if findTunnel(f.clients[0].id) == nil || findTunnel(f.clients[2].id) == nil {
+	if !tunnelOpen(f.clients[0].id) || !tunnelOpen(f.clients[2].id) {
 		t.Fatal("DELETE one closed another")
 	}
 	f.expect(t, disconnected, "DELETE one")
@@ -567,7 +567,7 @@ func TestAdminRoutesInProcess(t *testing.T) {
 		t.Fatalf("DELETE all: %d %s", rec.Code, rec.Body)
 	}
 	for _, cl := range f.clients {
-		if findTunnel(cl.id) != nil {
+		if tunnelOpen(cl.id) {
 			t.Fatalf("DELETE all left %s open", cl.id)
 		}
 	}
@@ -608,4 +608,11 @@ func TestAdminPanicIsJSON500(t *testing.T) {
 	if !errors.As(err, &ae) || ae.HTTPStatus != http.StatusInternalServerError || ae.Err.Error() != "internal error" {
 		t.Fatalf("error %#v, want a 500 APIError", err)
 	}
+}
+
+// tunnelOpen reports whether the tunnel with this id is registered and
+// not closing (a closing tunnel stays listed until both sides are closed).
+func tunnelOpen(id string) bool {
+	t := findTunnel(id)
+	return t != nil && !t.Ending()
 }
