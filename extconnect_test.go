@@ -544,3 +544,79 @@ func TestExtendedConnectConnectionEndEndsItsTunnels(t *testing.T) {
 		})
 	}
 }
+
+// The admin API acts on HTTP/2 and HTTP/3 tunnels as on any other: send,
+// broadcast (filtered by transport), ping and disconnect.
+func TestExtendedConnectAdminActions(t *testing.T) {
+	up := echoUpstream(t)
+	s := startTLSSite(t, `{HTTPS} {
+	{TLS}
+	ws_to_tcp `+up.addr+`
+}`)
+	for _, transport := range streamTransports {
+		t.Run(transport, func(t *testing.T) {
+			ws, _, err := s.dialer(t, transport).connect("/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			list := s.listConns("?transport=" + transport)
+			if len(list) != 1 {
+				t.Fatalf("?transport=%s lists %d", transport, len(list))
+			}
+			id := list[0].ID
+			var sent sentResult
+			s.adminOK("POST", "/ws_to_tcp/connections/"+id+"/send", "text/plain", []byte("to one"), &sent)
+			if op, p, err := ws.readData(); err != nil || op != wsframe.OpText || string(p) != "to one" {
+				t.Fatalf("send: op %d %q %v", op, p, err)
+			}
+			s.adminOK("POST", "/ws_to_tcp/broadcast?transport="+transport, "application/octet-stream", []byte("to all"), &sent)
+			if op, p, err := ws.readData(); err != nil || op != wsframe.OpBinary || string(p) != "to all" || sent.Sent != 1 {
+				t.Fatalf("broadcast: op %d %q %v (%+v)", op, p, err, sent)
+			}
+			s.adminOK("POST", "/ws_to_tcp/ping", "", []byte("hb"), &sent)
+			if op, p, err := ws.read(); err != nil || op != wsframe.OpPing || string(p) != "hb" {
+				t.Fatalf("ping: op %d %q %v", op, p, err)
+			}
+			var closed closedResult
+			s.adminOK("DELETE", "/ws_to_tcp/connections/"+id, "", nil, &closed)
+			if _, _, err := ws.readData(); closeCodeOf(err) != wsframe.CloseGoingAway || closed.Closed != 1 {
+				t.Fatalf("disconnect: %v (%+v), want Close 1001", err, closed)
+			}
+			ws.closeWith(wsframe.CloseGoingAway)
+			ws.close()
+			s.waitConns(0)
+		})
+	}
+}
+
+// With HTTP/2 on and extended CONNECT off (no GODEBUG), an HTTPS server
+// with ws_to_tcp says so once, at INFO, whatever the number of handlers
+// and reloads.
+func TestExtendedConnectOffIsLoggedOnce(t *testing.T) {
+	t.Setenv("GODEBUG", "") // as Caddy started without it; read at provision
+	xconnectNoticed.Clear()
+	up := echoUpstream(t)
+	site := `{HTTPS} {
+	{TLS}
+	route /a {
+		ws_to_tcp ` + up.addr + `
+	}
+	route /b {
+		ws_to_tcp ` + up.addr + `
+	}
+}`
+	s := startTLSSite(t, site)
+	s.load(site + "\n")
+	n := 0
+	for _, m := range jsonLogLines(t, s.logFile) {
+		if msg, _ := m["msg"].(string); strings.HasPrefix(msg, "HTTP/2 extended CONNECT is off") {
+			n++
+			if m["level"] != "info" {
+				t.Errorf("logged at %v, want info", m["level"])
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("logged %d times, want once", n)
+	}
+}
