@@ -89,6 +89,11 @@ func startTLSSite(t *testing.T, sites string) *tlsSite {
 	return site
 }
 
+// relaySite is a TLS site whose only handler is ws_to_tcp to upstream.
+func relaySite(t *testing.T, upstream string) *tlsSite {
+	return startTLSSite(t, "{HTTPS} {\n\t{TLS}\n\tws_to_tcp "+upstream+"\n}")
+}
+
 func (s *tlsSite) dialer(t *testing.T, transport string) streamDialer {
 	if transport == transportH3 {
 		return newH3Client(t, s.addr)
@@ -163,10 +168,7 @@ func TestExtendedConnectEcho(t *testing.T) {
 // 1000, on each transport.
 func TestExtendedConnectUpstreamEOF(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
-	s := startTLSSite(t, `{HTTPS} {
-	{TLS}
-	ws_to_tcp `+up.addr+`
-}`)
+	s := relaySite(t, up.addr)
 	for _, transport := range streamTransports {
 		t.Run(transport, func(t *testing.T) {
 			ws, _, err := s.dialer(t, transport).connect("/", nil)
@@ -421,10 +423,7 @@ func TestExtendedConnectReloadAndStop(t *testing.T) {
 // Its stream stalls under flow control, and the other 49 relay on.
 func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
 	up := echoUpstream(t)
-	s := startTLSSite(t, `{HTTPS} {
-	{TLS}
-	ws_to_tcp `+up.addr+`
-}`)
+	s := relaySite(t, up.addr)
 	c := newH2Client(t, s.addr)
 	stalled, _, err := c.connect("/", nil)
 	if err != nil {
@@ -500,10 +499,7 @@ func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
 // closes their upstreams; closing one tunnel first leaves the others be.
 func TestExtendedConnectConnectionEndEndsItsTunnels(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
-	s := startTLSSite(t, `{HTTPS} {
-	{TLS}
-	ws_to_tcp `+up.addr+`
-}`)
+	s := relaySite(t, up.addr)
 	for _, transport := range streamTransports {
 		t.Run(transport, func(t *testing.T) {
 			var closeConn func()
@@ -549,10 +545,7 @@ func TestExtendedConnectConnectionEndEndsItsTunnels(t *testing.T) {
 // broadcast (filtered by transport), ping and disconnect.
 func TestExtendedConnectAdminActions(t *testing.T) {
 	up := echoUpstream(t)
-	s := startTLSSite(t, `{HTTPS} {
-	{TLS}
-	ws_to_tcp `+up.addr+`
-}`)
+	s := relaySite(t, up.addr)
 	for _, transport := range streamTransports {
 		t.Run(transport, func(t *testing.T) {
 			ws, _, err := s.dialer(t, transport).connect("/", nil)
