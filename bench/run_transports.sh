@@ -5,25 +5,28 @@
 # with a self-signed certificate. Reports each transport's figures and its
 # ratio to HTTP/1.1+TLS. See bench/README.md, "Transports".
 #
-#   bash bench/run_transports.sh                      # REPS=3, SIZE=64MiB
+#   bash bench/run_transports.sh                      # REPS=3, SIZE=128MiB: ~6 min
 #   REPS=1 IDLE_CONNS=1000 bash bench/run_transports.sh   # smoke run
 #
-# Knobs (environment): REPS (3), SIZE (64MiB), RTT_COUNT (5000), IDLE_CONNS
+# Knobs (environment): REPS (3), SIZE (128MiB), RTT_COUNT (5000), IDLE_CONNS
 # ("1000 5000"), HOLD (2s), PER_CONN (100: tunnels per HTTP/2 or HTTP/3
-# connection), TRANSPORTS ("h1 h2 h3"), LOAD_TIMEOUT (300s), CADDY_BIN (use
-# this caddy instead of building one), KEEP_TMP (1: keep the work directory).
+# connection), TRANSPORTS ("h1 h2 h3"), BUFFER_SIZE (ws_to_tcp's buffer_size;
+# empty: its default), LOAD_TIMEOUT (300s), CADDY_BIN (use this caddy instead
+# of building one), KEEP_TMP (1: keep the work directory). IDLE_CONNS= (empty)
+# leaves the idle scenarios out.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 REPS=${REPS:-3}
-SIZE=${SIZE:-64MiB}
+SIZE=${SIZE:-128MiB}
 RTT_COUNT=${RTT_COUNT:-5000}
-IDLE_CONNS=${IDLE_CONNS:-1000 5000}
+IDLE_CONNS=${IDLE_CONNS-1000 5000}
 HOLD=${HOLD:-2s}
 PER_CONN=${PER_CONN:-100}
 read -r -a TRANSPORTS <<<"${TRANSPORTS:-h1 h2 h3}"
+BUFFER_SIZE=${BUFFER_SIZE:-}
 LOAD_TIMEOUT=${LOAD_TIMEOUT:-300s}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -109,6 +112,10 @@ log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
 # TCP (chosen by ALPN), HTTP/3 on UDP. GODEBUG=http2xconnect=1 lets Go's
 # HTTP/2 server advertise extended CONNECT (README, HTTP/2 and HTTP/3).
 PORT=
+OPTS=
+[[ -n $BUFFER_SIZE ]] && OPTS=" {
+		buffer_size $BUFFER_SIZE
+	}"
 start_caddy() {
 	PORT=$("$LOAD" freeport)
 	cat >"$TMP/Caddyfile" <<-EOF
@@ -123,15 +130,15 @@ start_caddy() {
 		https://127.0.0.1:$PORT {
 			bind 127.0.0.1
 			tls $TMP/cert.pem $TMP/key.pem
-			ws_to_tcp /echo ${UP[echo]}
-			ws_to_tcp /sink ${UP[sink]}
-			ws_to_tcp /source ${UP[source]}
+			ws_to_tcp /echo ${UP[echo]}$OPTS
+			ws_to_tcp /sink ${UP[sink]}$OPTS
+			ws_to_tcp /source ${UP[source]}$OPTS
 		}
 	EOF
 	GODEBUG=http2xconnect=1 XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
 		"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
 	PID[caddy]=$!
-	"$LOAD" waitport -addr "127.0.0.1:$PORT"
+	"$LOAD" waitport -addr "127.0.0.1:$PORT" -timeout 60s
 }
 
 # record_rss REP: the peak RSS (VmHWM) of the current Caddy, under the phase
@@ -233,7 +240,7 @@ cp "$RESULTS" "$ROOT/bench/results/transports.jsonl"
 	if [[ -n ${CADDY_BIN:-} ]]; then
 		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
 	fi
-	echo "- REPS=$REPS, SIZE=$SIZE, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD, PER_CONN=$PER_CONN; run took ${ELAPSED}s"
+	echo "- REPS=$REPS, SIZE=$SIZE, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD, PER_CONN=$PER_CONN, buffer_size ${BUFFER_SIZE:-default (32 KiB)}; run took ${ELAPSED}s"
 	echo
 	"$LOAD" report -transports -in "$RESULTS"
 } | tee "$ROOT/bench/results/transports.md"

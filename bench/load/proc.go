@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -125,4 +127,33 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+var atExit []func()
+var exitOnce sync.Once
+
+// startCPUProfile profiles the load until stop, or until exit.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }
+	atExit = append(atExit, stop)
+	return stop, nil
+}
+
+// exit runs what must be done before the process ends (the profile).
+func exit(code int) {
+	exitOnce.Do(func() {
+		for _, f := range atExit {
+			f()
+		}
+	})
+	os.Exit(code)
 }

@@ -58,7 +58,15 @@ func cmdRun(args []string) {
 	fs.IntVar(&o.concurrency, "concurrency", 64, "idle: connections opened at a time")
 	fs.BoolVar(&o.halfClose, "halfclose", false, "upload: end with a half-close and get the report after it (TCP targets only)")
 	fs.Int64Var(&o.clkTck, "clk-tck", 100, "clock ticks per second (getconf CLK_TCK)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load's own CPU profile to this file")
 	fs.Parse(args)
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		defer stop()
+	}
 
 	res := map[string]any{"scenario": *scenario, "label": *label, "proxy": *proxy, "rep": *rep, "target": *targetS}
 	var err error
@@ -105,7 +113,7 @@ func cmdRun(args []string) {
 	}
 	emit(res)
 	if err != nil {
-		os.Exit(1)
+		exit(1)
 	}
 }
 
