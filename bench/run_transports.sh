@@ -5,7 +5,7 @@
 # with a self-signed certificate. Reports each transport's figures and its
 # ratio to HTTP/1.1+TLS. See bench/README.md, "Transports".
 #
-#   bash bench/run_transports.sh                      # REPS=3, SIZE=128MiB: ~6 min
+#   bash bench/run_transports.sh                      # REPS=3, SIZE=128MiB: ~5 min
 #   REPS=1 IDLE_CONNS=1000 bash bench/run_transports.sh   # smoke run
 #
 # Knobs (environment): REPS (3), SIZE (128MiB), RTT_COUNT (5000), IDLE_CONNS
