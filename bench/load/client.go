@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,26 +16,57 @@ import (
 	"time"
 )
 
-// target is where the load goes: a WebSocket URL (ws_to_tcp, websockify) or
-// a TCP address (the plain relay).
+// target is where the load goes: a WebSocket URL (ws_to_tcp, websockify),
+// over TLS on one of three transports for wss://, or a TCP address (the
+// plain relay).
 type target struct {
-	ws   bool
-	url  string // ws://host:port/path
-	addr string // host:port
+	ws         bool
+	tls        bool     // wss://
+	proto      string   // wss://: h1, h2 or h3 (transport.go)
+	addr       string   // host:port dialled
+	authority  string   // the Host header (HTTP/1.1) or :authority
+	path       string   // the request URI
+	serverName string   // TLS SNI
+	mux        *muxPool // h2 and h3: the connections carrying the tunnels
 }
 
-func parseTarget(s string) (target, error) {
+// parseTarget reads -target. For wss:// targets, proto picks the transport,
+// serverName (when set) replaces the URL's host in SNI and in the Host
+// header (the port stays), and perConn is how many tunnels an HTTP/2 or
+// HTTP/3 connection carries.
+func parseTarget(s, proto, serverName string, perConn int) (target, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return target{}, err
 	}
+	t := target{addr: u.Host, authority: u.Host, path: u.RequestURI(), serverName: u.Hostname()}
 	switch u.Scheme {
 	case "ws":
-		return target{ws: true, url: s, addr: u.Host}, nil
+		t.ws = true
+		if proto != "" && proto != "h1" {
+			return target{}, fmt.Errorf("-proto %s needs a wss:// target", proto)
+		}
+		return t, nil
+	case "wss":
+		t.ws, t.tls = true, true
+		if serverName != "" {
+			t.serverName = serverName
+			t.authority = net.JoinHostPort(serverName, u.Port())
+		}
+		switch proto {
+		case "", "h1":
+			t.proto = "h1"
+		case "h2", "h3":
+			t.proto = proto
+			t.mux = newMuxPool(proto, t.addr, t.serverName, perConn)
+		default:
+			return target{}, fmt.Errorf("-proto %q: want h1, h2 or h3", proto)
+		}
+		return t, nil
 	case "tcp":
 		return target{addr: u.Host}, nil
 	}
-	return target{}, fmt.Errorf("target %q: want ws://host:port/path or tcp://host:port", s)
+	return target{}, fmt.Errorf("target %q: want ws://host:port/path, wss://host:port/path or tcp://host:port", s)
 }
 
 // client is one connection through the proxy. Upload data is written as
@@ -42,7 +74,7 @@ func parseTarget(s string) (target, error) {
 // (FIN + binary, masked with key 0, one frame per message, as browsers
 // send); for TCP, the bare payload in writes of the same size. Downloads are
 // read as a byte stream (the payloads of the binary messages, for a
-// WebSocket).
+// WebSocket). On HTTP/2 and HTTP/3, the "socket" is the tunnel's stream.
 type client struct {
 	ws     bool // a WebSocket, else TCP
 	nc     net.Conn
@@ -50,7 +82,24 @@ type client struct {
 }
 
 func dial(ctx context.Context, t target, readBuf int) (*client, error) {
-	nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", t.addr)
+	var nc net.Conn
+	var err error
+	switch {
+	case t.mux != nil:
+		var mc muxConn
+		if mc, err = t.mux.conn(ctx); err != nil {
+			return nil, err
+		}
+		if nc, err = mc.open(ctx, t); err != nil {
+			return nil, err
+		}
+		// The extended CONNECT was the handshake: frames follow.
+		return &client{ws: true, nc: nc, frames: &frameStream{nc: nc, buf: make([]byte, max(readBuf, 4096))}}, nil
+	case t.tls:
+		nc, err = (&tls.Dialer{Config: benchTLS(t.serverName, "http/1.1")}).DialContext(ctx, "tcp", t.addr)
+	default:
+		nc, err = (&net.Dialer{}).DialContext(ctx, "tcp", t.addr)
+	}
 	if err != nil || !t.ws {
 		return &client{nc: nc}, err
 	}
@@ -72,16 +121,11 @@ const (
 )
 
 func (c *client) handshake(ctx context.Context, t target) error {
-	u, err := url.Parse(t.url)
-	if err != nil {
-		return err
-	}
-	path := u.RequestURI()
 	if dl, ok := ctx.Deadline(); ok {
 		c.nc.SetDeadline(dl)
 		defer c.nc.SetDeadline(time.Time{})
 	}
-	req := "GET " + path + " HTTP/1.1\r\nHost: " + u.Host +
+	req := "GET " + t.path + " HTTP/1.1\r\nHost: " + t.authority +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + handshakeKey +
 		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	if _, err := io.WriteString(c.nc, req); err != nil {

@@ -3,7 +3,9 @@
 //
 //	load upstream -mode echo|sink|source -listen 127.0.0.1:0
 //	load run -target ws://127.0.0.1:P/path|tcp://127.0.0.1:P -scenario NAME [flags]
-//	load report -in results.jsonl
+//	load run -target wss://127.0.0.1:P/path -proto h1|h2|h3 -scenario NAME [flags]
+//	load report -in results.jsonl [-transports]
+//	load cert -dir DIR
 //	load freeport
 //	load waitport -addr 127.0.0.1:P
 //
@@ -33,6 +35,8 @@ func main() {
 		cmdRun(args)
 	case "report":
 		cmdReport(args)
+	case "cert":
+		cmdCert(args)
 	case "freeport":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -51,7 +55,9 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   load upstream -mode echo|sink|source -listen 127.0.0.1:0
   load run -target ws://HOST:PORT/PATH|tcp://HOST:PORT -scenario upload|download|echo|rtt|connrate|idle [flags]
-  load report -in results.jsonl
+  load run -target wss://HOST:PORT/PATH -proto h1|h2|h3 -scenario ... [flags]
+  load report -in results.jsonl [-transports]
+  load cert -dir DIR
   load freeport
   load waitport -addr HOST:PORT [-timeout 15s]`)
 	os.Exit(2)

@@ -5,8 +5,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 )
 
 // The proxy's resource use, read from /proc. A proxy is given as root PIDs;
@@ -114,4 +118,42 @@ func parsePIDs(s string) []int {
 		}
 	}
 	return out
+}
+
+// selfCPU is the user+system CPU time of this process so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+var atExit []func()
+var exitOnce sync.Once
+
+// startCPUProfile profiles the load until stop, or until exit.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }
+	atExit = append(atExit, stop)
+	return stop, nil
+}
+
+// exit runs what must be done before the process ends (the profile).
+func exit(code int) {
+	exitOnce.Do(func() {
+		for _, f := range atExit {
+			f()
+		}
+	})
+	os.Exit(code)
 }

@@ -121,25 +121,29 @@ func (c *cell) String() string {
 	return s
 }
 
-func cmdReport(args []string) {
-	fs := flag.NewFlagSet("report", flag.ExitOnError)
-	in := fs.String("in", "", "results (JSON lines)")
-	fs.Parse(args)
-	f, err := os.Open(*in)
+type key struct{ label, metric, proxy string }
+
+// table holds the results: one cell per row, metric and proxy.
+type table struct {
+	cells    map[key]*cell
+	failures []string
+}
+
+func (t *table) get(k key) *cell {
+	if t.cells[k] == nil {
+		t.cells[k] = &cell{}
+	}
+	return t.cells[k]
+}
+
+// readResults reads the JSON lines, and the labels they have (rss_ cut).
+func readResults(path string) ([]map[string]any, map[string]bool) {
+	f, err := os.Open(path)
 	if err != nil {
 		fatalf("report: %v", err)
 	}
 	defer f.Close()
-	type key struct{ label, metric, proxy string }
-	cells := map[key]*cell{}
 	labels := map[string]bool{}
-	var failures []string
-	get := func(k key) *cell {
-		if cells[k] == nil {
-			cells[k] = &cell{}
-		}
-		return cells[k]
-	}
 	var recs []map[string]any
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -151,24 +155,29 @@ func cmdReport(args []string) {
 			labels[strings.TrimPrefix(label, "rss_")] = true
 		}
 	}
-	specs := rowSpecs(labels)
+	return recs, labels
+}
+
+// tabulate files each record's figures under the rows that want them.
+func tabulate(recs []map[string]any, specs []rowSpec) *table {
+	t := &table{cells: map[key]*cell{}}
 	for _, r := range recs {
 		label, _ := r["label"].(string)
 		proxy, _ := r["proxy"].(string)
 		errS, hasErr := r["error"].(string)
 		skipped, _ := r["skipped"].(bool)
 		if hasErr {
-			failures = append(failures, fmt.Sprintf("- %s, %s, rep %v: %s", label, proxy, r["rep"], errS))
+			t.failures = append(t.failures, fmt.Sprintf("- %s, %s, rep %v: %s", label, proxy, r["rep"], errS))
 		}
 		if ff, ok := r["first_failure"].(string); ok {
-			failures = append(failures, fmt.Sprintf("- %s, %s, rep %v: %v failed connections, first: %s",
+			t.failures = append(t.failures, fmt.Sprintf("- %s, %s, rep %v: %v failed connections, first: %s",
 				label, proxy, r["rep"], r["failures"], ff))
 		}
 		for _, spec := range specs {
 			if spec.label != label {
 				continue
 			}
-			c := get(key{label, spec.metric, proxy})
+			c := t.get(key{label, spec.metric, proxy})
 			switch v, ok := r[spec.metric].(float64); {
 			case skipped:
 				c.skipped++
@@ -182,6 +191,59 @@ func cmdReport(args []string) {
 			}
 		}
 	}
+	return t
+}
+
+// ratioOf is a's median over b's, and its text.
+func ratioOf(a, b *cell) (float64, string) {
+	ratio := a.median() / b.median()
+	if math.IsNaN(ratio) || math.IsInf(ratio, 0) {
+		return ratio, "n/a"
+	}
+	return ratio, strconv.FormatFloat(ratio, 'f', 2, 64)
+}
+
+// verdict is the target column: "≥ 0.70 PASS" and the like.
+func verdict(spec rowSpec, ratio float64, c *cell) string {
+	if spec.target <= 0 {
+		return "—"
+	}
+	op, pass := "≥", ratio >= spec.target
+	if spec.lower {
+		op, pass = "≤", ratio <= spec.target
+	}
+	v := "MISS"
+	switch {
+	case c.errs > 0:
+		v = "FAIL (errors)"
+	case math.IsNaN(ratio) || math.IsInf(ratio, 0):
+		v = "n/a"
+	case pass:
+		v = "PASS"
+	}
+	return fmt.Sprintf("%s %.2f %s", op, spec.target, v)
+}
+
+func (spec rowSpec) title() string {
+	if spec.lower {
+		return spec.name + " ↓"
+	}
+	return spec.name + " ↑"
+}
+
+func cmdReport(args []string) {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	in := fs.String("in", "", "results (JSON lines)")
+	transports := fs.Bool("transports", false, "results of run_transports.sh: h2 and h3 against h1 (HTTP/1.1+TLS)")
+	fs.Parse(args)
+	recs, labels := readResults(*in)
+	if *transports {
+		reportTransports(recs, labels)
+		return
+	}
+	specs := rowSpecs(labels)
+	tab := tabulate(recs, specs)
+	get, failures := tab.get, tab.failures
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
 	fmt.Fprintln(w, "| scenario | ws_to_tcp median (min–max) | relay median (min–max) | ratio ws_to_tcp/relay | target | websockify median (min–max) |")
@@ -192,34 +254,9 @@ func cmdReport(args []string) {
 		if len(ws.vals)+len(rl.vals)+ws.errs+rl.errs == 0 {
 			continue
 		}
-		ratio := ws.median() / rl.median()
-		ratioS := "n/a"
-		if !math.IsNaN(ratio) && !math.IsInf(ratio, 0) {
-			ratioS = strconv.FormatFloat(ratio, 'f', 2, 64)
-		}
-		target := "—"
-		if spec.target > 0 {
-			op, pass := "≥", ratio >= spec.target
-			if spec.lower {
-				op, pass = "≤", ratio <= spec.target
-			}
-			verdict := "MISS"
-			switch {
-			case ws.errs > 0:
-				verdict = "FAIL (errors)"
-			case math.IsNaN(ratio) || math.IsInf(ratio, 0):
-				verdict = "n/a"
-			case pass:
-				verdict = "PASS"
-			}
-			target = fmt.Sprintf("%s %.2f %s", op, spec.target, verdict)
-		}
-		name := spec.name
-		if spec.lower {
-			name += " ↓"
-		} else {
-			name += " ↑"
-		}
+		ratio, ratioS := ratioOf(ws, rl)
+		target := verdict(spec, ratio, ws)
+		name := spec.title()
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", name, ws, rl, ratioS, target, wf)
 	}
 	fmt.Fprintln(w)

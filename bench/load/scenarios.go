@@ -35,7 +35,10 @@ type runOpts struct {
 func cmdRun(args []string) {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var o runOpts
-	targetS := fs.String("target", "", "ws://host:port/path or tcp://host:port")
+	targetS := fs.String("target", "", "ws://host:port/path, wss://host:port/path or tcp://host:port")
+	proto := fs.String("proto", "h1", "wss:// targets: h1 (HTTP/1.1 upgrade on its own TLS connection), h2 (RFC 8441) or h3 (RFC 9220)")
+	serverName := fs.String("servername", "", "wss:// targets: the name sent in SNI and the Host header (default: the target's host)")
+	perConn := fs.Int("per-conn", 100, "h2, h3: tunnels per connection (Go's HTTP/2 server allows 250 streams at once, quic-go 100)")
 	scenario := fs.String("scenario", "", "upload, download, echo, rtt, connrate or idle")
 	label := fs.String("label", "", "row label, copied to the output")
 	proxy := fs.String("proxy", "", "proxy name, copied to the output")
@@ -55,11 +58,22 @@ func cmdRun(args []string) {
 	fs.IntVar(&o.concurrency, "concurrency", 64, "idle: connections opened at a time")
 	fs.BoolVar(&o.halfClose, "halfclose", false, "upload: end with a half-close and get the report after it (TCP targets only)")
 	fs.Int64Var(&o.clkTck, "clk-tck", 100, "clock ticks per second (getconf CLK_TCK)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load's own CPU profile to this file")
 	fs.Parse(args)
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		defer stop()
+	}
 
 	res := map[string]any{"scenario": *scenario, "label": *label, "proxy": *proxy, "rep": *rep, "target": *targetS}
 	var err error
-	o.t, err = parseTarget(*targetS)
+	o.t, err = parseTarget(*targetS, *proto, *serverName, *perConn)
+	if o.t.tls {
+		res["proto"] = o.t.proto
+	}
 	if err == nil {
 		o.pids = parsePIDs(*pids)
 		time.AfterFunc(*timeout, func() {
@@ -88,26 +102,39 @@ func cmdRun(args []string) {
 		for k, v := range m {
 			res[k] = v
 		}
+		if o.t.mux != nil {
+			res["mux_conns"] = o.t.mux.connections()
+			res["per_conn"] = o.t.mux.perConn
+			o.t.mux.closeAll()
+		}
 	}
 	if err != nil {
 		res["error"] = err.Error()
 	}
 	emit(res)
 	if err != nil {
-		os.Exit(1)
+		exit(1)
 	}
 }
 
-// cpuMeter measures the proxy's CPU time over the timed part of a scenario.
+// cpuMeter measures the proxy's CPU time over the timed part of a scenario,
+// and the load's own (it runs on the same cores: a client that costs more
+// leaves less to the proxy).
 type cpuMeter struct {
-	o     *runOpts
-	start int64
+	o         *runOpts
+	start     int64
+	selfStart time.Duration
 }
 
-func (m *cpuMeter) begin() { m.start = cpuTicks(m.o.pids) }
+func (m *cpuMeter) begin() { m.start, m.selfStart = cpuTicks(m.o.pids), selfCPU() }
 
 // end adds cpu_ms and, per MB (10^6 bytes) of client payload, cpu_ms_per_mb.
 func (m *cpuMeter) end(res map[string]any, bytes int64) {
+	self := float64(selfCPU()-m.selfStart) / float64(time.Millisecond)
+	res["load_cpu_ms"] = self
+	if bytes > 0 {
+		res["load_cpu_ms_per_mb"] = self / (float64(bytes) / 1e6)
+	}
 	if len(m.o.pids) == 0 {
 		return
 	}
