@@ -151,15 +151,24 @@ func (h *Handler) provisionAdmission() error {
 			return settingError(l.path, "", "must not be negative")
 		}
 	}
-	if len(h.Origins) > 0 {
-		p, err := compileOrigins(h.Origins)
-		if err != nil {
-			return settingError("origins", "", "%v", err)
-		}
-		h.origins = p
-		if p.any {
-			h.logger.Warn("origins *: WebSocket handshakes from every web site are accepted; " +
-				"with cookie or basic-auth credentials any page a user visits can open this tunnel as that user")
+	p, err := compileOrigins(h.Origins)
+	if err != nil {
+		return settingError("origins", "", "%v", err)
+	}
+	if p.hosts, err = compileAllowedHosts(h.AllowedHosts); err != nil {
+		return settingError("allowed_hosts", "", "%v", err)
+	}
+	h.origins = p
+	if p.any {
+		h.logger.Warn("origins *: WebSocket handshakes from every web site are accepted; " +
+			"with cookie or basic-auth credentials any page a user visits can open this tunnel as that user")
+	}
+	for _, op := range p.patterns {
+		if op.null {
+			h.logger.Warn("origins null: WebSocket handshakes with the Origin null are accepted, and any web site " +
+				"can send it (from a sandboxed iframe); with cookie or basic-auth credentials any page a user visits " +
+				"can open this tunnel as that user")
+			break
 		}
 	}
 	if h.Auth != nil {

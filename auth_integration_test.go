@@ -967,3 +967,40 @@ func TestSecretsNeverLogged(t *testing.T) {
 			len(acc), len(steps)+2, users, kept)
 	}
 }
+
+// TestPlainHTTPRebindingRefused: DNS rebinding through a real Caddy. A
+// page whose name the attacker points at this plain-HTTP listener sends a
+// Host and an Origin of that name: refused with 403 before any dial, and
+// the log line names allowed_hosts. The site's own name, a name in
+// allowed_hosts, IP addresses and localhost are admitted.
+func TestPlainHTTPRebindingRefused(t *testing.T) {
+	up := echoUpstream(t)
+	s := startCaddy(t, `http://vnc.lan {
+	ws_to_tcp `+up.addr+`
+}
+http:// {
+	handle /named {
+		ws_to_tcp `+up.addr+` {
+			allowed_hosts vnc.home.arpa
+		}
+	}
+	handle {
+		ws_to_tcp `+up.addr+`
+	}
+}`)
+	at := func(name string) http.Header {
+		hostport := fmt.Sprintf("%s:%d", name, s.httpPort)
+		return headerOf("Host", hostport, "Origin", "http://"+hostport)
+	}
+	expectHandshake(t, s, "/", at("rebind.attacker.example"), http.StatusForbidden)
+	expectHandshake(t, s, "/named", at("rebind.attacker.example"), http.StatusForbidden)
+	m := waitRejection(t, s, rejectOrigin, http.StatusForbidden)
+	if !strings.Contains(fmt.Sprint(m["error"]), "allowed_hosts") {
+		t.Errorf("the rejection line does not name allowed_hosts: %v", m)
+	}
+	expectHandshake(t, s, "/", at("vnc.lan"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/named", at("vnc.home.arpa"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", at("127.0.0.1"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", at("localhost"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", headerOf("Host", fmt.Sprintf("rebind.attacker.example:%d", s.httpPort)), http.StatusSwitchingProtocols)
+}

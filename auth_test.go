@@ -577,6 +577,8 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 	hash := "$2a$14$X3ulqf/iGxnf1k6oMZ.RZeJUoqI9PX2PM4rS5lkIKJXduLGXGPrt6"
 	tests := []caddyfileErrorCase{
 		{"origins without args", "to 127.0.0.1:5900\norigins", 4, []string{"origins:", "at least one pattern"}},
+		{"allowed_hosts without args", "to 127.0.0.1:5900\nallowed_hosts", 4, []string{"allowed_hosts:", "at least one host name"}},
+		{"allowed_hosts twice", "to 127.0.0.1:5900\nallowed_hosts a.lan\nallowed_hosts b.lan", 5, []string{"allowed_hosts:", "already specified"}},
 		{"auth with args", "to 127.0.0.1:5900\nauth on {\n\tbearer x\n}", 4, []string{"auth:", "takes a block"}},
 		{"auth unknown", "to 127.0.0.1:5900\nauth {\n\toauth x\n}", 5, []string{"auth: unrecognized subdirective", `"oauth"`}},
 		{"basic missing hash", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\talice\n\t}\n}", 6, []string{"auth: basic:", "<user> <bcrypt hash>"}},
@@ -624,6 +626,10 @@ func TestAdmissionProvision(t *testing.T) {
 	for _, tt := range []struct{ name, js, want string }{
 		{"bad origin", `{"upstreams": [{"dial": "127.0.0.1:1"}], "origins": ["example.com"]}`, `origins: "example.com": expected scheme://host`},
 		{"plaintext from env", `{"upstreams": [{"dial": "127.0.0.1:1"}], "auth": {"basic": [{"username": "a", "password": "{env.WS_PLAIN}"}]}}`, "auth.basic[0].password (auth > basic): "},
+		{"allowed host with a port", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["vnc.lan:6080"]}`, `allowed_hosts: "vnc.lan:6080": expected a host name`},
+		{"allowed host as a URL", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["http://vnc.lan"]}`, `allowed_hosts: "http://vnc.lan": expected a host name`},
+		{"allowed host with a bad character", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["vnc lan"]}`, `allowed_hosts: "vnc lan": `},
+		{"empty allowed host", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": [""]}`, `allowed_hosts: "": expected a host name`},
 		{"negative limit", `{"upstreams": [{"dial": "127.0.0.1:1"}], "max_connections": -1}`, "max_connections: must not be negative"},
 		{"reserved subprotocol", `{"upstreams": [{"dial": "127.0.0.1:1"}], "subprotocols": ["binary", "bearer.x"]}`, `subprotocols[1] (subprotocols): "bearer.x": the prefix "bearer." is reserved`},
 	} {
@@ -651,7 +657,7 @@ func TestAdmissionProvision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.origins != nil || h.auth != nil || h.limits != nil {
-		t.Errorf("defaults: origins %+v, auth %+v, limits %+v; want all nil", h.origins, h.auth, h.limits)
+	if h.origins == nil || h.origins.any || len(h.origins.patterns)+len(h.origins.hosts) != 0 || h.auth != nil || h.limits != nil {
+		t.Errorf("defaults: origins %+v, auth %+v, limits %+v; want the default rule, no auth, no limits", h.origins, h.auth, h.limits)
 	}
 }

@@ -80,6 +80,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		channel <template>
 //		origins <pattern...>
+//		allowed_hosts <name...>
 //		auth {
 //			basic {
 //				<user> <bcrypt hash>
@@ -212,6 +213,11 @@ func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, sub string) error {
 		h.Origins = d.RemainingArgs()
 		if len(h.Origins) == 0 {
 			return d.Errf("origins: at least one pattern is required")
+		}
+	case "allowed_hosts":
+		h.AllowedHosts = d.RemainingArgs()
+		if len(h.AllowedHosts) == 0 {
+			return d.Errf("allowed_hosts: at least one host name is required")
 		}
 	case "auth":
 		return h.parseAuth(d)

@@ -141,9 +141,8 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (admission, erro
 		}
 	}()
 
-	if !h.origins.allowed(r) {
-		return admission{}, h.rejected(r, rejectOrigin, http.StatusForbidden,
-			fmt.Errorf("origin %q not allowed", truncate(r.Header.Get("Origin"), 200)))
+	if err := h.checkOrigin(r); err != nil {
+		return admission{}, h.rejected(r, rejectOrigin, http.StatusForbidden, err)
 	}
 
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
