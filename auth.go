@@ -379,9 +379,15 @@ func extractCredentials(r *http.Request, a *authenticator) *credentials {
 // splitSubprotocols parses Sec-WebSocket-Protocol header values (several
 // lines, each a comma-separated list) into the offered subprotocols and
 // the tokens of the `bearer.<token>` entries, which are never offers.
+// Only the first maxOffers offers are considered, and of those only the
+// RFC 7230 tokens of at most maxOfferLen bytes are kept: anything else
+// could not be echoed, and a tunnel keeps the one echoed. The offers are
+// copies, so that the one a tunnel keeps does not pin the header it came
+// from.
 func splitSubprotocols(values []string) (offers, tokens []string) {
+	considered := 0
 	for _, v := range values {
-		for _, p := range strings.Split(v, ",") {
+		for p := range strings.SplitSeq(v, ",") {
 			p = strings.Trim(p, " \t")
 			if p == "" {
 				continue
@@ -390,11 +396,20 @@ func splitSubprotocols(values []string) (offers, tokens []string) {
 				tokens = append(tokens, p[len(bearerProtocolPrefix):])
 				continue
 			}
-			offers = append(offers, p)
+			if considered++; considered > maxOffers || len(p) > maxOfferLen || !isToken(p) {
+				continue
+			}
+			offers = append(offers, strings.Clone(p))
 		}
 	}
 	return offers, tokens
 }
+
+// The offers of a handshake that are considered, and the longest one.
+const (
+	maxOffers   = 16
+	maxOfferLen = 64
+)
 
 // removeQueryParam removes every `name=value` pair from a raw query,
 // keeping the other pairs byte for byte, and returns the removed values

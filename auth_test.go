@@ -1,6 +1,7 @@
 package wstotcp
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -10,9 +11,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +26,10 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // testKeys are the JWT signing keys of the tests, made once per run (RSA
@@ -536,8 +543,11 @@ func FuzzSubprotocolHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header string) {
 		lines := strings.Split(header, "\n")
 		offers, tokens := splitSubprotocols(lines)
+		if len(offers) > maxOffers {
+			t.Fatalf("%d offers kept", len(offers))
+		}
 		for _, o := range offers {
-			if o == "" || isBearer(o) || strings.Contains(o, ",") || strings.Trim(o, " \t") != o {
+			if o == "" || isBearer(o) || !isToken(o) || len(o) > maxOfferLen {
 				t.Fatalf("offer %q from %q", o, header)
 			}
 		}
@@ -659,5 +669,167 @@ func TestAdmissionProvision(t *testing.T) {
 	}
 	if h.origins == nil || h.origins.any || len(h.origins.patterns)+len(h.origins.hosts) != 0 || h.auth != nil || h.limits != nil {
 		t.Errorf("defaults: origins %+v, auth %+v, limits %+v; want the default rule, no auth, no limits", h.origins, h.auth, h.limits)
+	}
+}
+
+// TestSubprotocolOffersBounded: an offer that is not an RFC 7230 token or
+// is longer than 64 bytes is ignored, and only the first 16 offers are
+// considered: such offers are never echoed, and a client offering only
+// them is answered as one offering nothing acceptable.
+func TestSubprotocolOffersBounded(t *testing.T) {
+	up := newDialCounter(t)
+	any := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
+	chat := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}], "subprotocols": ["chat"]}`)
+	long := strings.Repeat("x", 65)
+	var sixteen []string
+	for i := range 16 {
+		sixteen = append(sixteen, fmt.Sprintf("p%d", i))
+	}
+	for _, tt := range []struct {
+		name   string
+		h      *Handler
+		offers []string // Sec-WebSocket-Protocol lines
+		status int
+		echo   string
+	}{
+		{"a 65-byte offer", any, []string{long + ", chat"}, 101, "chat"},
+		{"an 18 KB offer", any, []string{strings.Repeat("y", 18<<10) + ", chat"}, 101, "chat"},
+		{"a 64-byte offer", any, []string{long[:64] + ", chat"}, 101, long[:64]},
+		{"not a token", any, []string{"a/b, chat"}, 101, "chat"},
+		{"not a token, quoted", any, []string{`"chat"`, "chat"}, 101, "chat"},
+		{"only bad offers", any, []string{long + ", a/b"}, 101, ""},
+		{"only bad offers, list configured", chat, []string{long + ", a/b"}, 400, ""},
+		{"nothing offered, list configured", chat, nil, 400, ""},
+		{"the 17th offer", chat, []string{strings.Join(sixteen, ", "), "chat"}, 400, ""},
+		{"the 16th offer", chat, []string{strings.Join(sixteen[:15], ", "), "chat"}, 101, "chat"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newHijackRecorder()
+			r := prepareHandshake("127.0.0.1:6080", "", false, nil, w)
+			for _, o := range tt.offers {
+				r.Header.Add("Sec-WebSocket-Protocol", o)
+			}
+			res := serveHandshake(t, tt.h, r, w)
+			up.dials(t)
+			if res.status != tt.status {
+				t.Fatalf("status %d (%v), want %d", res.status, res.err, tt.status)
+			}
+			if tt.status != 101 {
+				return
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(res.head)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != tt.echo {
+				t.Errorf("echoed %.80q, want %q", got, tt.echo)
+			}
+		})
+	}
+}
+
+// TestTunnelMemoryIndependentOfHeaders: the strings a tunnel keeps for
+// its life (subprotocol, channel, user) are copies, so that a tunnel
+// opened with 16 KB headers holds no more memory than one opened with
+// small ones. Each of the three would otherwise pin a 16 KB header (or
+// the string made from it): the echoed subprotocol is a piece of the
+// Sec-WebSocket-Protocol header, the channel a piece of the expanded
+// template, and the basic-auth user a piece of the decoded
+// "user:password".
+func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
+	const n = 100
+	// an upstream that holds its connections open
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 4*n)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	closeHeld := func() {
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}
+	t.Cleanup(func() { ln.Close(); closeHeld() })
+
+	// bcrypt reads the first 72 bytes of a password: the hash of those
+	// accepts them followed by anything, so a 16 KB password works
+	password := strings.Repeat("p", 72)
+	h := provisioned(t, `{"upstreams": [{"dial": "`+ln.Addr().String()+`"}], "buffer_size": 512,
+		"channel": "{http.request.header.X-Room}",
+		"auth": {"basic": [{"username": "alice", "password": "`+bcryptHash(t, password)+`"}]}}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+		if err := h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })); err != nil {
+			http.Error(w, err.Error(), handlerErrorStatus(err))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+
+	// perTunnel opens n tunnels whose headers carry pad bytes each, and
+	// returns the heap they hold, per tunnel.
+	perTunnel := func(pad int) float64 {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var clients []*websocket.Conn
+		for i := range n {
+			hdr := http.Header{}
+			hdr.Set("Sec-WebSocket-Protocol", "chat, "+strings.Repeat("z", pad))
+			hdr.Set("X-Room", fmt.Sprintf("room-%d-", i)+strings.Repeat("r", pad))
+			hdr.Set("Authorization", basicAuthValue("alice", password+strings.Repeat("q", pad)))
+			c, resp, err := websocket.DefaultDialer.Dial(url, hdr)
+			if err != nil {
+				t.Fatalf("tunnel %d: %v (%v)", i, err, resp)
+			}
+			if c.Subprotocol() != "chat" {
+				t.Fatalf("subprotocol %q", c.Subprotocol())
+			}
+			clients = append(clients, c)
+		}
+		waitFor(t, 10*time.Second, "the tunnels to be registered", func() bool {
+			return len(selectTunnels(func(*tunnel) bool { return true })) == n
+		})
+		for _, tu := range selectTunnels(func(*tunnel) bool { return true }) {
+			if tu.user != "alice" || tu.subprotocol != "chat" || !strings.HasPrefix(tu.channel, "room-") || len(tu.channel) != maxChannelLen {
+				t.Fatalf("tunnel: user %q, subprotocol %q, channel of %d bytes", tu.user, tu.subprotocol, len(tu.channel))
+			}
+		}
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		for _, c := range clients {
+			c.Close()
+		}
+		closeHeld()
+		waitFor(t, 10*time.Second, "the tunnels to end", func() bool {
+			return len(selectTunnels(func(*tunnel) bool { return true })) == 0
+		})
+		runtime.KeepAlive(clients)
+		return (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	}
+	perTunnel(300) // warm up: pools, goroutine stacks, maps
+	small := perTunnel(300)
+	big := perTunnel(16 << 10)
+	t.Logf("heap per tunnel: %.0f B with small headers, %.0f B with 16 KB ones", small, big)
+	if big-small > 8<<10 {
+		t.Errorf("a tunnel opened with 16 KB headers holds %.0f B more than one opened with small headers: "+
+			"it keeps pieces of them", big-small)
 	}
 }

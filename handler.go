@@ -61,7 +61,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.ws_to_tcp.upstream", u.Dial)
 		repl.Set("http.ws_to_tcp.subprotocol", subprotocol)
 		if user, ok := repl.GetString("http.auth.user.id"); ok {
-			t.user = user
+			t.user = strings.Clone(user) // not a piece of the request's headers, kept for the tunnel's life
 		}
 		t.channel = h.expandChannel(repl)
 	}

@@ -84,7 +84,7 @@ func (d *dialCounter) dials(tb testing.TB) int {
 // admitted tunnel ends at once.
 type hijackRecorder struct {
 	*httptest.ResponseRecorder
-	statusLine chan string // the first line written on the hijacked connection
+	statusLine chan string // the response head written on the hijacked connection
 	hijacked   bool
 }
 
@@ -96,8 +96,17 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.hijacked = true
 	server, client := net.Pipe()
 	go func() {
-		line, _ := bufio.NewReader(client).ReadString('\n')
-		w.statusLine <- line
+		// the status line and the headers, up to the blank line
+		br := bufio.NewReader(client)
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			head.WriteString(line)
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		w.statusLine <- head.String()
 		client.Close()
 	}()
 	return server, bufio.NewReadWriter(bufio.NewReader(server), bufio.NewWriter(server)), nil
@@ -105,9 +114,10 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // handshakeResult is what a handshake through ServeHTTP gave.
 type handshakeResult struct {
-	status int   // the refusal's status, 101 for an upgrade, else what was written
-	err    error // ServeHTTP's
-	next   bool  // passed to the next handler
+	status int    // the refusal's status, 101 for an upgrade, else what was written
+	head   string // the 101 response's head
+	err    error  // ServeHTTP's
+	next   bool   // passed to the next handler
 }
 
 // serveHandshake runs r (prepared with prepareHandshake) through h's
@@ -128,7 +138,7 @@ func serveHandshake(tb testing.TB, h *Handler, r *http.Request, w *hijackRecorde
 			res.status = http.StatusInternalServerError
 		}
 	case w.hijacked:
-		if line := <-w.statusLine; strings.HasPrefix(line, "HTTP/1.1 101 ") {
+		if res.head = <-w.statusLine; strings.HasPrefix(res.head, "HTTP/1.1 101 ") {
 			res.status = http.StatusSwitchingProtocols
 		}
 	default:
