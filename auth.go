@@ -176,6 +176,9 @@ func (h *Handler) provisionAdmission() error {
 		if err != nil {
 			return err
 		}
+		for _, w := range au.warnings {
+			h.logger.Warn(w)
+		}
 		h.auth = au
 	}
 	h.limits = newConnLimits(h.MaxConnections, h.MaxConnectionsPerIP, h.MaxConnectionsPerUser)
@@ -185,9 +188,13 @@ func (h *Handler) provisionAdmission() error {
 // authenticator is the provisioned form of Auth.
 type authenticator struct {
 	realm    string
-	accounts map[string][]byte // user -> bcrypt hash
-	fakeHash func() []byte     // compared for unknown users, so they take as long
-	bearer   [][32]byte        // SHA-256 of each token: fixed-length constant-time compares
+	accounts map[string][]byte                // user -> bcrypt hash
+	maxCost  int                              // the highest bcrypt cost of the accounts
+	fakeHash func() []byte                    // compared for unknown users: a hash of maxCost
+	padHash  []func() []byte                  // [k]: a hash of cost k, for the padding (see checkBasic)
+	compare  func(hash, password []byte) bool // bcrypt's; a test counts the work through it
+	warnings []string                         // about the settings, logged at load
+	bearer   [][32]byte                       // SHA-256 of each token: fixed-length constant-time compares
 	jwt      *jwtVerifier
 	query    string // "" when off
 	cookie   string // "" when off
@@ -209,7 +216,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 		return nil, settingError("auth", "", "configure basic, bearer or jwt")
 	}
 	repl := caddy.NewReplacer()
-	au := &authenticator{realm: a.Realm, query: a.TokenQuery, cookie: a.TokenCookie}
+	au := &authenticator{realm: a.Realm, query: a.TokenQuery, cookie: a.TokenCookie, compare: bcryptCompare}
 	if au.realm == "" {
 		au.realm = defaultRealm
 	}
@@ -237,7 +244,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 
 	if len(a.Basic) > 0 {
 		au.accounts = make(map[string][]byte, len(a.Basic))
-		maxCost := 0
+		minCost, maxCost := bcrypt.MaxCost, 0
 		for i, acc := range a.Basic {
 			user := repl.ReplaceKnown(acc.Username, "")
 			if user == "" || strings.ContainsRune(user, ':') {
@@ -252,10 +259,21 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 			if err != nil {
 				return nil, settingError(fmt.Sprintf("auth.basic[%d].password", i), "auth > basic", "user %q: %v", user, err)
 			}
-			maxCost = max(maxCost, cost)
+			minCost, maxCost = min(minCost, cost), max(maxCost, cost)
 			au.accounts[user] = []byte(hash)
 		}
+		au.maxCost = maxCost
 		au.fakeHash = fakeHashOfCost(maxCost)
+		au.padHash = make([]func() []byte, maxCost)
+		for k := minCost; k < maxCost; k++ {
+			au.padHash[k] = fakeHashOfCost(k)
+		}
+		if minCost != maxCost {
+			au.warnings = append(au.warnings, fmt.Sprintf("auth > basic: the password hashes have different bcrypt costs, "+
+				"from %d to %d: so that a wrong password takes as long whatever the user, each check is made to cost "+
+				"as much as one of cost %d; rehash the passwords with one cost (caddy hash-password --cost %d)",
+				minCost, maxCost, maxCost, maxCost))
+		}
 	}
 
 	for i, tok := range a.Bearer {
@@ -485,13 +503,33 @@ func (a *authenticator) authenticate(c *credentials) (user string, ok bool) {
 	return "", false
 }
 
+// checkBasic checks a user's password with the same bcrypt work whatever
+// the user: the work of a comparison doubles with each cost step, so one
+// of cost c is padded with comparisons of costs c, c+1, ..., maxCost-1,
+// which add up to one of maxCost. An unknown user is compared with a hash
+// of maxCost. The padding runs whatever the result: a right password
+// tells nothing the client does not know.
 func (a *authenticator) checkBasic(user, password string) bool {
 	hash, known := a.accounts[user]
 	if !known {
 		hash = a.fakeHash()
 	}
-	same, err := caddyauth.BcryptHash{}.Compare(hash, []byte(password))
-	return err == nil && same && known
+	pw := []byte(password)
+	same := a.compare(hash, pw)
+	if cost, err := bcrypt.Cost(hash); err == nil {
+		for k := cost; k < a.maxCost && k < len(a.padHash); k++ {
+			if a.padHash[k] != nil {
+				a.compare(a.padHash[k](), pw)
+			}
+		}
+	}
+	return same && known
+}
+
+// bcryptCompare reports whether password matches the bcrypt hash.
+func bcryptCompare(hash, password []byte) bool {
+	same, err := caddyauth.BcryptHash{}.Compare(hash, password)
+	return err == nil && same
 }
 
 // matchBearer returns the 1-based position of the token in the configured

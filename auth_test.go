@@ -27,6 +27,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -831,5 +832,53 @@ func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
 	if big-small > 8<<10 {
 		t.Errorf("a tunnel opened with 16 KB headers holds %.0f B more than one opened with small headers: "+
 			"it keeps pieces of them", big-small)
+	}
+}
+
+// TestBasicAuthWrongPasswordSameWork: a wrong password costs the same
+// bcrypt work whatever the user: known with a low cost, known with the
+// highest, or unknown. The work is counted, not timed: 2^cost per
+// comparison, the number of rounds bcrypt runs.
+func TestBasicAuthWrongPasswordSameWork(t *testing.T) {
+	hashOf := func(pw string, cost int) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
+	au, err := newAuthenticator(&Auth{Basic: []BasicAccount{
+		{Username: "low", Password: hashOf("low-pw", 4)},
+		{Username: "mid", Password: hashOf("mid-pw", 5)},
+		{Username: "high", Password: hashOf("high-pw", 7)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := 0
+	compare := au.compare
+	au.compare = func(hash, password []byte) bool {
+		cost, err := bcrypt.Cost(hash)
+		if err != nil {
+			t.Fatalf("compared with a hash that is not bcrypt: %v", err)
+		}
+		work += 1 << cost
+		return compare(hash, password)
+	}
+	for _, tt := range []struct {
+		user, password string
+		ok             bool
+	}{
+		{"low", "wrong", false}, {"mid", "wrong", false}, {"high", "wrong", false}, {"nobody", "wrong", false},
+		{"low", "low-pw", true}, {"mid", "mid-pw", true}, {"high", "high-pw", true}, {"nobody", "low-pw", false},
+	} {
+		work = 0
+		if got := au.checkBasic(tt.user, tt.password); got != tt.ok {
+			t.Errorf("%s/%s: %v, want %v", tt.user, tt.password, got, tt.ok)
+		}
+		if work != 1<<7 {
+			t.Errorf("%s with a %s password: bcrypt work %d, want %d (that of the costliest hash)", tt.user,
+				map[bool]string{true: "right", false: "wrong"}[tt.ok], work, 1<<7)
+		}
 	}
 }
