@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -47,12 +48,15 @@ type Auth struct {
 	// `Authorization: Basic` header only.
 	Basic []BasicAccount `json:"basic,omitempty"`
 
-	// Static bearer tokens, compared in constant time. Placeholders
-	// (`{env.WS_TOKEN}`, `{file./run/secrets/ws_token}`) are expanded when
-	// the config loads, and a token that is empty then fails the load; use
-	// them to keep secrets out of the config, which the admin API shows.
-	// The user of a request admitted by the n-th token (from 1) is
-	// `bearer#n`.
+	// Static bearer tokens, compared in constant time. An entry
+	// `sha256:<64 hex digits>` is the SHA-256 of the token rather than the
+	// token (the Caddyfile writes literal tokens so), so that the config,
+	// which the admin API and Caddy's DEBUG log show, need not hold it.
+	// Placeholders (`{env.WS_TOKEN}`, `{file./run/secrets/ws_token}`) are
+	// expanded when the config loads (into a token or its sha256: form),
+	// and a token that is empty then fails the load. A token written as is
+	// logs a warning at load. The user of a request admitted by the n-th
+	// entry (from 1) is `bearer#n`.
 	Bearer []string `json:"bearer,omitempty"`
 
 	// JSON Web Tokens, verified with a shared secret or public keys. The
@@ -94,7 +98,9 @@ type BasicAccount struct {
 type JWTAuth struct {
 	// The HMAC secret: the raw UTF-8 bytes of the string, after
 	// placeholders such as `{env.JWT_SECRET}` or `{file./path}` are
-	// expanded when the config loads. Should be 32 bytes or more.
+	// expanded when the config loads. Should be 32 bytes or more. A secret
+	// written as is logs a warning at load: the admin API and Caddy's
+	// DEBUG log show the config.
 	Secret string `json:"secret,omitempty"`
 
 	// A PEM file holding the public key (`PUBLIC KEY`, `RSA PUBLIC KEY` or
@@ -112,7 +118,9 @@ type JWTAuth struct {
 	Issuer string `json:"issuer,omitempty"`
 
 	// The required `aud` claim (one of the token's audiences). Default:
-	// not checked.
+	// not checked, which with public_key or jwks_file logs a warning at
+	// load: every token of the issuer would do, those meant for other
+	// applications included.
 	Audience string `json:"audience,omitempty"`
 
 	// Clock skew allowed when checking `exp` and `nbf`. Default: 0.
@@ -124,6 +132,10 @@ const (
 	defaultTokenQuery  = "access_token"
 	defaultTokenCookie = "access_token"
 	carrierOff         = "off"
+
+	// bearerHashPrefix marks a `bearer` entry that is the SHA-256 of the
+	// token, in hex, rather than the token.
+	bearerHashPrefix = "sha256:"
 
 	// bearerProtocolPrefix marks the Sec-WebSocket-Protocol entry that
 	// carries a token (the prefix is matched without regard to case).
@@ -277,12 +289,26 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 	}
 
 	for i, tok := range a.Bearer {
+		path := fmt.Sprintf("auth.bearer[%d]", i)
+		if !hasPlaceholder(tok) && !strings.HasPrefix(tok, bearerHashPrefix) {
+			au.warnings = append(au.warnings, path+": the token is written in the configuration, which the admin API "+
+				"and Caddy's DEBUG log show: write its sha256:<hex> form (the Caddyfile does), or a placeholder "+
+				"such as {env.WS_TOKEN}")
+		}
 		tok = repl.ReplaceKnown(tok, "")
+		if hexSum, ok := strings.CutPrefix(tok, bearerHashPrefix); ok {
+			sum, err := hex.DecodeString(hexSum)
+			if err != nil || len(sum) != sha256.Size {
+				return nil, settingError(path, "auth > bearer", "%s must be followed by the 64 hex digits of a SHA-256", bearerHashPrefix)
+			}
+			au.bearer = append(au.bearer, [sha256.Size]byte(sum))
+			continue
+		}
 		if tok == "" {
-			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is empty (after placeholders were expanded)")
+			return nil, settingError(path, "auth > bearer", "the token is empty (after placeholders were expanded)")
 		}
 		if len(tok) > maxTokenLen {
-			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is longer than %d bytes", maxTokenLen)
+			return nil, settingError(path, "auth > bearer", "the token is longer than %d bytes", maxTokenLen)
 		}
 		au.bearer = append(au.bearer, sha256.Sum256([]byte(tok)))
 	}
@@ -293,8 +319,23 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 			return nil, err
 		}
 		au.jwt = v
+		if a.JWT.Secret != "" && !hasPlaceholder(a.JWT.Secret) {
+			au.warnings = append(au.warnings, "auth > jwt: the secret is written in the configuration, which the admin API "+
+				"and Caddy's DEBUG log show: give it as a placeholder, {env.JWT_SECRET} or {file./run/secrets/jwt_secret}")
+		}
+		if a.JWT.Secret == "" && a.JWT.Audience == "" {
+			au.warnings = append(au.warnings, "auth > jwt: no audience: every token the key's issuer signs is accepted, "+
+				"ID tokens and access tokens meant for other applications included; set audience")
+		}
 	}
 	return au, nil
+}
+
+// hasPlaceholder reports whether a setting holds a placeholder, such as
+// {env.WS_TOKEN}, expanded when the configuration loads.
+func hasPlaceholder(s string) bool {
+	i := strings.IndexByte(s, '{')
+	return i >= 0 && strings.IndexByte(s[i:], '}') > 1
 }
 
 // isBcryptHash reports whether s looks like a bcrypt hash.

@@ -7,8 +7,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -879,6 +881,37 @@ func TestBasicAuthWrongPasswordSameWork(t *testing.T) {
 		if work != 1<<7 {
 			t.Errorf("%s with a %s password: bcrypt work %d, want %d (that of the costliest hash)", tt.user,
 				map[bool]string{true: "right", false: "wrong"}[tt.ok], work, 1<<7)
+		}
+	}
+}
+
+// TestBearerSHA256Entries: a `bearer` entry `sha256:<hex>` is the SHA-256
+// of the token, so that a configuration need not hold the token; a bad
+// one fails the load without showing it.
+func TestBearerSHA256Entries(t *testing.T) {
+	sum := func(s string) string { b := sha256.Sum256([]byte(s)); return hex.EncodeToString(b[:]) }
+	t.Setenv("WS_TOKEN_SUM", "sha256:"+sum("from-env"))
+	au, err := newAuthenticator(&Auth{Bearer: []string{
+		"plain-one",
+		"sha256:" + sum("hashed-two"),
+		"sha256:" + strings.ToUpper(sum("hashed-three")),
+		"{env.WS_TOKEN_SUM}",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tok, want := range map[string]int{
+		"plain-one": 1, "hashed-two": 2, "hashed-three": 3, "from-env": 4,
+		"sha256:" + sum("hashed-two"): 0, sum("hashed-two"): 0, "other": 0,
+	} {
+		if got := au.matchBearer(tok); got != want {
+			t.Errorf("token %q: entry %d, want %d", tok, got, want)
+		}
+	}
+	for _, bad := range []string{"sha256:", "sha256:abc", "sha256:" + sum("x") + "00", "sha256:" + strings.Repeat("zz", 32)} {
+		_, err := newAuthenticator(&Auth{Bearer: []string{"ok", bad}})
+		if err == nil || !strings.Contains(err.Error(), "auth.bearer[1]") || len(bad) > 7 && strings.Contains(err.Error(), bad[7:]) {
+			t.Errorf("%q: %v, want an error naming auth.bearer[1] and not the value", bad, err)
 		}
 	}
 }

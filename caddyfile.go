@@ -21,6 +21,8 @@ package wstotcp
 //   - There is no Validate: nothing is left to check after Provision.
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
@@ -560,7 +562,13 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 			if len(toks) == 0 {
 				return d.Errf("auth: bearer: at least one token is required")
 			}
-			a.Bearer = append(a.Bearer, toks...)
+			for _, tok := range toks {
+				h, err := bearerEntry(tok)
+				if err != nil {
+					return d.Errf("auth: bearer: %v", err)
+				}
+				a.Bearer = append(a.Bearer, h)
+			}
 		case "jwt":
 			if err := parseJWT(d, a); err != nil {
 				return err
@@ -583,6 +591,24 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 	}
 	h.Auth = a
 	return nil
+}
+
+// bearerEntry is the JSON form of a `bearer` token of the Caddyfile: a
+// literal token becomes its sha256: form, so that neither the adapted JSON
+// nor Caddy's dumps of it (admin API, DEBUG log) hold the token; a
+// placeholder stays, to be expanded when the config loads, as does an
+// entry already in sha256: form.
+func bearerEntry(tok string) (string, error) {
+	switch {
+	case tok == "":
+		return "", fmt.Errorf("empty token")
+	case hasPlaceholder(tok), strings.HasPrefix(tok, bearerHashPrefix):
+		return tok, nil
+	case len(tok) > maxTokenLen:
+		return "", fmt.Errorf("a token is longer than %d bytes", maxTokenLen)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return bearerHashPrefix + hex.EncodeToString(sum[:]), nil
 }
 
 // parseJWT reads the `jwt` block of `auth`.
