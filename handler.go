@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -102,8 +103,8 @@ func checkHandshake(r *http.Request) error {
 	if r.Header.Get("Sec-Websocket-Version") != "13" {
 		return errors.New("unsupported Sec-WebSocket-Version: only 13 is supported")
 	}
-	if r.Header.Get("Sec-Websocket-Key") == "" {
-		return errors.New("missing Sec-WebSocket-Key")
+	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-Websocket-Key")); err != nil || len(key) != 16 {
+		return errors.New("missing or invalid Sec-WebSocket-Key: the base64 of 16 bytes is required")
 	}
 	return nil
 }
