@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -47,12 +48,15 @@ type Auth struct {
 	// `Authorization: Basic` header only.
 	Basic []BasicAccount `json:"basic,omitempty"`
 
-	// Static bearer tokens, compared in constant time. Placeholders
-	// (`{env.WS_TOKEN}`, `{file./run/secrets/ws_token}`) are expanded when
-	// the config loads, and a token that is empty then fails the load; use
-	// them to keep secrets out of the config, which the admin API shows.
-	// The user of a request admitted by the n-th token (from 1) is
-	// `bearer#n`.
+	// Static bearer tokens, compared in constant time. An entry
+	// `sha256:<64 hex digits>` is the SHA-256 of the token rather than the
+	// token (the Caddyfile writes literal tokens so), so that the config,
+	// which the admin API and Caddy's DEBUG log show, need not hold it.
+	// Placeholders (`{env.WS_TOKEN}`, `{file./run/secrets/ws_token}`) are
+	// expanded when the config loads (into a token or its sha256: form),
+	// and a token that is empty then fails the load. A token written as is
+	// logs a warning at load. The user of a request admitted by the n-th
+	// entry (from 1) is `bearer#n`.
 	Bearer []string `json:"bearer,omitempty"`
 
 	// JSON Web Tokens, verified with a shared secret or public keys. The
@@ -94,7 +98,9 @@ type BasicAccount struct {
 type JWTAuth struct {
 	// The HMAC secret: the raw UTF-8 bytes of the string, after
 	// placeholders such as `{env.JWT_SECRET}` or `{file./path}` are
-	// expanded when the config loads. Should be 32 bytes or more.
+	// expanded when the config loads. Should be 32 bytes or more. A secret
+	// written as is logs a warning at load: the admin API and Caddy's
+	// DEBUG log show the config.
 	Secret string `json:"secret,omitempty"`
 
 	// A PEM file holding the public key (`PUBLIC KEY`, `RSA PUBLIC KEY` or
@@ -112,7 +118,9 @@ type JWTAuth struct {
 	Issuer string `json:"issuer,omitempty"`
 
 	// The required `aud` claim (one of the token's audiences). Default:
-	// not checked.
+	// not checked, which with public_key or jwks_file logs a warning at
+	// load: every token of the issuer would do, those meant for other
+	// applications included.
 	Audience string `json:"audience,omitempty"`
 
 	// Clock skew allowed when checking `exp` and `nbf`. Default: 0.
@@ -124,6 +132,10 @@ const (
 	defaultTokenQuery  = "access_token"
 	defaultTokenCookie = "access_token"
 	carrierOff         = "off"
+
+	// bearerHashPrefix marks a `bearer` entry that is the SHA-256 of the
+	// token, in hex, rather than the token.
+	bearerHashPrefix = "sha256:"
 
 	// bearerProtocolPrefix marks the Sec-WebSocket-Protocol entry that
 	// carries a token (the prefix is matched without regard to case).
@@ -151,21 +163,33 @@ func (h *Handler) provisionAdmission() error {
 			return settingError(l.path, "", "must not be negative")
 		}
 	}
-	if len(h.Origins) > 0 {
-		p, err := compileOrigins(h.Origins)
-		if err != nil {
-			return settingError("origins", "", "%v", err)
-		}
-		h.origins = p
-		if p.any {
-			h.logger.Warn("origins *: WebSocket handshakes from every web site are accepted; " +
-				"with cookie or basic-auth credentials any page a user visits can open this tunnel as that user")
+	p, err := compileOrigins(h.Origins)
+	if err != nil {
+		return settingError("origins", "", "%v", err)
+	}
+	if p.hosts, err = compileAllowedHosts(h.AllowedHosts); err != nil {
+		return settingError("allowed_hosts", "", "%v", err)
+	}
+	h.origins = p
+	if p.any {
+		h.logger.Warn("origins *: WebSocket handshakes from every web site are accepted; " +
+			"with cookie or basic-auth credentials any page a user visits can open this tunnel as that user")
+	}
+	for _, op := range p.patterns {
+		if op.null {
+			h.logger.Warn("origins null: WebSocket handshakes with the Origin null are accepted, and any web site " +
+				"can send it (from a sandboxed iframe); with cookie or basic-auth credentials any page a user visits " +
+				"can open this tunnel as that user")
+			break
 		}
 	}
 	if h.Auth != nil {
 		au, err := newAuthenticator(h.Auth)
 		if err != nil {
 			return err
+		}
+		for _, w := range au.warnings {
+			h.logger.Warn(w)
 		}
 		h.auth = au
 	}
@@ -176,9 +200,13 @@ func (h *Handler) provisionAdmission() error {
 // authenticator is the provisioned form of Auth.
 type authenticator struct {
 	realm    string
-	accounts map[string][]byte // user -> bcrypt hash
-	fakeHash func() []byte     // compared for unknown users, so they take as long
-	bearer   [][32]byte        // SHA-256 of each token: fixed-length constant-time compares
+	accounts map[string][]byte                // user -> bcrypt hash
+	maxCost  int                              // the highest bcrypt cost of the accounts
+	fakeHash func() []byte                    // compared for unknown users: a hash of maxCost
+	padHash  []func() []byte                  // [k]: a hash of cost k, for the padding (see checkBasic)
+	compare  func(hash, password []byte) bool // bcrypt's; a test counts the work through it
+	warnings []string                         // about the settings, logged at load
+	bearer   [][32]byte                       // SHA-256 of each token: fixed-length constant-time compares
 	jwt      *jwtVerifier
 	query    string // "" when off
 	cookie   string // "" when off
@@ -200,7 +228,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 		return nil, settingError("auth", "", "configure basic, bearer or jwt")
 	}
 	repl := caddy.NewReplacer()
-	au := &authenticator{realm: a.Realm, query: a.TokenQuery, cookie: a.TokenCookie}
+	au := &authenticator{realm: a.Realm, query: a.TokenQuery, cookie: a.TokenCookie, compare: bcryptCompare}
 	if au.realm == "" {
 		au.realm = defaultRealm
 	}
@@ -228,7 +256,7 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 
 	if len(a.Basic) > 0 {
 		au.accounts = make(map[string][]byte, len(a.Basic))
-		maxCost := 0
+		minCost, maxCost := bcrypt.MaxCost, 0
 		for i, acc := range a.Basic {
 			user := repl.ReplaceKnown(acc.Username, "")
 			if user == "" || strings.ContainsRune(user, ':') {
@@ -243,19 +271,44 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 			if err != nil {
 				return nil, settingError(fmt.Sprintf("auth.basic[%d].password", i), "auth > basic", "user %q: %v", user, err)
 			}
-			maxCost = max(maxCost, cost)
+			minCost, maxCost = min(minCost, cost), max(maxCost, cost)
 			au.accounts[user] = []byte(hash)
 		}
+		au.maxCost = maxCost
 		au.fakeHash = fakeHashOfCost(maxCost)
+		au.padHash = make([]func() []byte, maxCost)
+		for k := minCost; k < maxCost; k++ {
+			au.padHash[k] = fakeHashOfCost(k)
+		}
+		if minCost != maxCost {
+			au.warnings = append(au.warnings, fmt.Sprintf("auth > basic: the password hashes have different bcrypt costs, "+
+				"from %d to %d: so that a wrong password takes as long whatever the user, each check is made to cost "+
+				"as much as one of cost %d; rehash the passwords with one cost (caddy hash-password --cost %d)",
+				minCost, maxCost, maxCost, maxCost))
+		}
 	}
 
 	for i, tok := range a.Bearer {
+		path := fmt.Sprintf("auth.bearer[%d]", i)
+		if !hasPlaceholder(tok) && !strings.HasPrefix(tok, bearerHashPrefix) {
+			au.warnings = append(au.warnings, path+": the token is written in the configuration, which the admin API "+
+				"and Caddy's DEBUG log show: write its sha256:<hex> form (the Caddyfile does), or a placeholder "+
+				"such as {env.WS_TOKEN}")
+		}
 		tok = repl.ReplaceKnown(tok, "")
+		if hexSum, ok := strings.CutPrefix(tok, bearerHashPrefix); ok {
+			sum, err := hex.DecodeString(hexSum)
+			if err != nil || len(sum) != sha256.Size {
+				return nil, settingError(path, "auth > bearer", "%s must be followed by the 64 hex digits of a SHA-256", bearerHashPrefix)
+			}
+			au.bearer = append(au.bearer, [sha256.Size]byte(sum))
+			continue
+		}
 		if tok == "" {
-			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is empty (after placeholders were expanded)")
+			return nil, settingError(path, "auth > bearer", "the token is empty (after placeholders were expanded)")
 		}
 		if len(tok) > maxTokenLen {
-			return nil, settingError(fmt.Sprintf("auth.bearer[%d]", i), "auth > bearer", "the token is longer than %d bytes", maxTokenLen)
+			return nil, settingError(path, "auth > bearer", "the token is longer than %d bytes", maxTokenLen)
 		}
 		au.bearer = append(au.bearer, sha256.Sum256([]byte(tok)))
 	}
@@ -266,8 +319,23 @@ func newAuthenticator(a *Auth) (*authenticator, error) {
 			return nil, err
 		}
 		au.jwt = v
+		if a.JWT.Secret != "" && !hasPlaceholder(a.JWT.Secret) {
+			au.warnings = append(au.warnings, "auth > jwt: the secret is written in the configuration, which the admin API "+
+				"and Caddy's DEBUG log show: give it as a placeholder, {env.JWT_SECRET} or {file./run/secrets/jwt_secret}")
+		}
+		if a.JWT.Secret == "" && a.JWT.Audience == "" {
+			au.warnings = append(au.warnings, "auth > jwt: no audience: every token the key's issuer signs is accepted, "+
+				"ID tokens and access tokens meant for other applications included; set audience")
+		}
 	}
 	return au, nil
+}
+
+// hasPlaceholder reports whether a setting holds a placeholder, such as
+// {env.WS_TOKEN}, expanded when the configuration loads.
+func hasPlaceholder(s string) bool {
+	i := strings.IndexByte(s, '{')
+	return i >= 0 && strings.IndexByte(s[i:], '}') > 1
 }
 
 // isBcryptHash reports whether s looks like a bcrypt hash.
@@ -370,9 +438,15 @@ func extractCredentials(r *http.Request, a *authenticator) *credentials {
 // splitSubprotocols parses Sec-WebSocket-Protocol header values (several
 // lines, each a comma-separated list) into the offered subprotocols and
 // the tokens of the `bearer.<token>` entries, which are never offers.
+// Only the first maxOffers offers are considered, and of those only the
+// RFC 7230 tokens of at most maxOfferLen bytes are kept: anything else
+// could not be echoed, and a tunnel keeps the one echoed. The offers are
+// copies, so that the one a tunnel keeps does not pin the header it came
+// from.
 func splitSubprotocols(values []string) (offers, tokens []string) {
+	considered := 0
 	for _, v := range values {
-		for _, p := range strings.Split(v, ",") {
+		for p := range strings.SplitSeq(v, ",") {
 			p = strings.Trim(p, " \t")
 			if p == "" {
 				continue
@@ -381,11 +455,20 @@ func splitSubprotocols(values []string) (offers, tokens []string) {
 				tokens = append(tokens, p[len(bearerProtocolPrefix):])
 				continue
 			}
-			offers = append(offers, p)
+			if considered++; considered > maxOffers || len(p) > maxOfferLen || !isToken(p) {
+				continue
+			}
+			offers = append(offers, strings.Clone(p))
 		}
 	}
 	return offers, tokens
 }
+
+// The offers of a handshake that are considered, and the longest one.
+const (
+	maxOffers   = 16
+	maxOfferLen = 64
+)
 
 // removeQueryParam removes every `name=value` pair from a raw query,
 // keeping the other pairs byte for byte, and returns the removed values
@@ -461,13 +544,33 @@ func (a *authenticator) authenticate(c *credentials) (user string, ok bool) {
 	return "", false
 }
 
+// checkBasic checks a user's password with the same bcrypt work whatever
+// the user: the work of a comparison doubles with each cost step, so one
+// of cost c is padded with comparisons of costs c, c+1, ..., maxCost-1,
+// which add up to one of maxCost. An unknown user is compared with a hash
+// of maxCost. The padding runs whatever the result: a right password
+// tells nothing the client does not know.
 func (a *authenticator) checkBasic(user, password string) bool {
 	hash, known := a.accounts[user]
 	if !known {
 		hash = a.fakeHash()
 	}
-	same, err := caddyauth.BcryptHash{}.Compare(hash, []byte(password))
-	return err == nil && same && known
+	pw := []byte(password)
+	same := a.compare(hash, pw)
+	if cost, err := bcrypt.Cost(hash); err == nil {
+		for k := cost; k < a.maxCost && k < len(a.padHash); k++ {
+			if a.padHash[k] != nil {
+				a.compare(a.padHash[k](), pw)
+			}
+		}
+	}
+	return same && known
+}
+
+// bcryptCompare reports whether password matches the bcrypt hash.
+func bcryptCompare(hash, password []byte) bool {
+	same, err := caddyauth.BcryptHash{}.Compare(hash, password)
+	return err == nil && same
 }
 
 // matchBearer returns the 1-based position of the token in the configured

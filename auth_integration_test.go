@@ -2,6 +2,8 @@ package wstotcp
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +19,9 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // hdrs builds a header from name, value pairs.
@@ -966,4 +971,163 @@ func TestSecretsNeverLogged(t *testing.T) {
 		t.Errorf("access log: %d lines (want %d), %d with user_id jwt-sub (want 3), %d with the query filtered to x=1",
 			len(acc), len(steps)+2, users, kept)
 	}
+}
+
+// TestPlainHTTPRebindingRefused: DNS rebinding through a real Caddy. A
+// page whose name the attacker points at this plain-HTTP listener sends a
+// Host and an Origin of that name: refused with 403 before any dial, and
+// the log line names allowed_hosts. The site's own name, a name in
+// allowed_hosts, IP addresses and localhost are admitted.
+func TestPlainHTTPRebindingRefused(t *testing.T) {
+	up := echoUpstream(t)
+	s := startCaddy(t, `http://vnc.lan {
+	ws_to_tcp `+up.addr+`
+}
+http:// {
+	handle /named {
+		ws_to_tcp `+up.addr+` {
+			allowed_hosts vnc.home.arpa
+		}
+	}
+	handle {
+		ws_to_tcp `+up.addr+`
+	}
+}`)
+	at := func(name string) http.Header {
+		hostport := fmt.Sprintf("%s:%d", name, s.httpPort)
+		return headerOf("Host", hostport, "Origin", "http://"+hostport)
+	}
+	expectHandshake(t, s, "/", at("rebind.attacker.example"), http.StatusForbidden)
+	expectHandshake(t, s, "/named", at("rebind.attacker.example"), http.StatusForbidden)
+	m := waitRejection(t, s, rejectOrigin, http.StatusForbidden)
+	if !strings.Contains(fmt.Sprint(m["error"]), "allowed_hosts") {
+		t.Errorf("the rejection line does not name allowed_hosts: %v", m)
+	}
+	expectHandshake(t, s, "/", at("vnc.lan"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/named", at("vnc.home.arpa"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", at("127.0.0.1"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", at("localhost"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", headerOf("Host", fmt.Sprintf("rebind.attacker.example:%d", s.httpPort)), http.StatusSwitchingProtocols)
+}
+
+// TestBearerTokenNotInConfig: the Caddyfile adapter turns a literal bearer
+// token into its sha256: form, so neither the JSON nor Caddy's DEBUG dump
+// of it ("adjusted config") holds the token, and the token still
+// authenticates. Placeholders stay placeholders.
+func TestBearerTokenNotInConfig(t *testing.T) {
+	up := echoUpstream(t)
+	const tok = "literal-Token-4f9c1e0b"
+	t.Setenv("WS_PLACEHOLDER_TOKEN", "env-Token-77ab")
+	site := `{HTTP} {
+	ws_to_tcp ` + up.addr + ` {
+		auth {
+			bearer ` + tok + ` {env.WS_PLACEHOLDER_TOKEN}
+		}
+	}
+}`
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(strings.ReplaceAll(site, "{HTTP}", "http://127.0.0.1:1")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if strings.Contains(string(js), tok) || !strings.Contains(string(js), `"sha256:`+hex.EncodeToString(sum[:])+`"`) ||
+		!strings.Contains(string(js), `"{env.WS_PLACEHOLDER_TOKEN}"`) {
+		t.Errorf("adapted JSON: %s\nwant the token's sha256: form and the placeholder, never the token", js)
+	}
+	s := startCaddy(t, site)
+	expectHandshake(t, s, "/", headerOf("Authorization", "Bearer "+tok), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", headerOf("Authorization", "Bearer env-Token-77ab"), http.StatusSwitchingProtocols)
+	expectHandshake(t, s, "/", headerOf("Authorization", "Bearer sha256:"+hex.EncodeToString(sum[:])), http.StatusUnauthorized)
+	// what the admin API shows, and Caddy's DEBUG dumps, come from the
+	// loaded JSON
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/config/", s.adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(cfg), "sha256:") || strings.Contains(string(cfg), tok) {
+		t.Errorf("GET /config/: %s\nwant the sha256: form, never the token", cfg)
+	}
+	if b, err := os.ReadFile(s.logFile); err != nil || strings.Contains(string(b), tok) {
+		t.Errorf("Caddy's log holds the token (%v)", err)
+	}
+}
+
+// TestLoadWarnings: settings that are allowed but risky log a WARN from
+// http.handlers.ws_to_tcp when the configuration loads: origins null,
+// basic-auth hashes of different costs, Redis lookups without a key
+// prefix, JWTs of a public key or JWKS without an audience, a JWT secret
+// written literally.
+func TestLoadWarnings(t *testing.T) {
+	keys := jwtKeys(t)
+	pemFile := writePublicPEM(t, &keys.rsa.PublicKey)
+	s := startCaddy(t, `{HTTP} {
+	route /null {
+		ws_to_tcp 127.0.0.1:1 {
+			origins https://app.example.com null
+		}
+	}
+	route /costs {
+		ws_to_tcp 127.0.0.1:1 {
+			auth {
+				basic {
+					alice `+bcryptHashCost(t, "a", 4)+`
+					bob `+bcryptHashCost(t, "b", 5)+`
+				}
+			}
+		}
+	}
+	route /redis {
+		ws_to_tcp {
+			targets {
+				redis redis://127.0.0.1:1
+			}
+			allow_targets 127.0.0.1
+		}
+	}
+	route /jwt-pem {
+		ws_to_tcp 127.0.0.1:1 {
+			auth {
+				jwt {
+					public_key `+pemFile+`
+					issuer https://auth.example.com
+				}
+			}
+		}
+	}
+	route /jwt-secret {
+		ws_to_tcp 127.0.0.1:1 {
+			auth {
+				jwt {
+					secret literal-jwt-secret-0123456789abcdef
+					audience vnc
+				}
+			}
+		}
+	}
+}`)
+	for _, want := range []string{
+		"origins null",
+		"different bcrypt costs",
+		"targets > redis: no key prefix",
+		"auth > jwt: no audience",
+		"auth > jwt: the secret is written in the configuration",
+	} {
+		m := waitLogWhere(t, s.logFile, "warning "+want, func(m map[string]any) bool {
+			return m["level"] == "warn" && m["logger"] == "http.handlers.ws_to_tcp" && strings.Contains(fmt.Sprint(m["msg"]), want)
+		})
+		if strings.Contains(fmt.Sprint(m), "literal-jwt-secret") {
+			t.Errorf("the warning shows the secret: %v", m)
+		}
+	}
+}
+
+func bcryptHashCost(t testing.TB, password string, cost int) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
 }

@@ -1,18 +1,25 @@
 package wstotcp
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +28,11 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // testKeys are the JWT signing keys of the tests, made once per run (RSA
@@ -536,8 +546,11 @@ func FuzzSubprotocolHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header string) {
 		lines := strings.Split(header, "\n")
 		offers, tokens := splitSubprotocols(lines)
+		if len(offers) > maxOffers {
+			t.Fatalf("%d offers kept", len(offers))
+		}
 		for _, o := range offers {
-			if o == "" || isBearer(o) || strings.Contains(o, ",") || strings.Trim(o, " \t") != o {
+			if o == "" || isBearer(o) || !isToken(o) || len(o) > maxOfferLen {
 				t.Fatalf("offer %q from %q", o, header)
 			}
 		}
@@ -577,6 +590,8 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 	hash := "$2a$14$X3ulqf/iGxnf1k6oMZ.RZeJUoqI9PX2PM4rS5lkIKJXduLGXGPrt6"
 	tests := []caddyfileErrorCase{
 		{"origins without args", "to 127.0.0.1:5900\norigins", 4, []string{"origins:", "at least one pattern"}},
+		{"allowed_hosts without args", "to 127.0.0.1:5900\nallowed_hosts", 4, []string{"allowed_hosts:", "at least one host name"}},
+		{"allowed_hosts twice", "to 127.0.0.1:5900\nallowed_hosts a.lan\nallowed_hosts b.lan", 5, []string{"allowed_hosts:", "already specified"}},
 		{"auth with args", "to 127.0.0.1:5900\nauth on {\n\tbearer x\n}", 4, []string{"auth:", "takes a block"}},
 		{"auth unknown", "to 127.0.0.1:5900\nauth {\n\toauth x\n}", 5, []string{"auth: unrecognized subdirective", `"oauth"`}},
 		{"basic missing hash", "to 127.0.0.1:5900\nauth {\n\tbasic {\n\t\talice\n\t}\n}", 6, []string{"auth: basic:", "<user> <bcrypt hash>"}},
@@ -624,6 +639,10 @@ func TestAdmissionProvision(t *testing.T) {
 	for _, tt := range []struct{ name, js, want string }{
 		{"bad origin", `{"upstreams": [{"dial": "127.0.0.1:1"}], "origins": ["example.com"]}`, `origins: "example.com": expected scheme://host`},
 		{"plaintext from env", `{"upstreams": [{"dial": "127.0.0.1:1"}], "auth": {"basic": [{"username": "a", "password": "{env.WS_PLAIN}"}]}}`, "auth.basic[0].password (auth > basic): "},
+		{"allowed host with a port", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["vnc.lan:6080"]}`, `allowed_hosts: "vnc.lan:6080": expected a host name`},
+		{"allowed host as a URL", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["http://vnc.lan"]}`, `allowed_hosts: "http://vnc.lan": expected a host name`},
+		{"allowed host with a bad character", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": ["vnc lan"]}`, `allowed_hosts: "vnc lan": `},
+		{"empty allowed host", `{"upstreams": [{"dial": "127.0.0.1:1"}], "allowed_hosts": [""]}`, `allowed_hosts: "": expected a host name`},
 		{"negative limit", `{"upstreams": [{"dial": "127.0.0.1:1"}], "max_connections": -1}`, "max_connections: must not be negative"},
 		{"reserved subprotocol", `{"upstreams": [{"dial": "127.0.0.1:1"}], "subprotocols": ["binary", "bearer.x"]}`, `subprotocols[1] (subprotocols): "bearer.x": the prefix "bearer." is reserved`},
 	} {
@@ -651,7 +670,248 @@ func TestAdmissionProvision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.origins != nil || h.auth != nil || h.limits != nil {
-		t.Errorf("defaults: origins %+v, auth %+v, limits %+v; want all nil", h.origins, h.auth, h.limits)
+	if h.origins == nil || h.origins.any || len(h.origins.patterns)+len(h.origins.hosts) != 0 || h.auth != nil || h.limits != nil {
+		t.Errorf("defaults: origins %+v, auth %+v, limits %+v; want the default rule, no auth, no limits", h.origins, h.auth, h.limits)
+	}
+}
+
+// TestSubprotocolOffersBounded: an offer that is not an RFC 7230 token or
+// is longer than 64 bytes is ignored, and only the first 16 offers are
+// considered: such offers are never echoed, and a client offering only
+// them is answered as one offering nothing acceptable.
+func TestSubprotocolOffersBounded(t *testing.T) {
+	up := newDialCounter(t)
+	any := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
+	chat := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}], "subprotocols": ["chat"]}`)
+	long := strings.Repeat("x", 65)
+	var sixteen []string
+	for i := range 16 {
+		sixteen = append(sixteen, fmt.Sprintf("p%d", i))
+	}
+	for _, tt := range []struct {
+		name   string
+		h      *Handler
+		offers []string // Sec-WebSocket-Protocol lines
+		status int
+		echo   string
+	}{
+		{"a 65-byte offer", any, []string{long + ", chat"}, 101, "chat"},
+		{"an 18 KB offer", any, []string{strings.Repeat("y", 18<<10) + ", chat"}, 101, "chat"},
+		{"a 64-byte offer", any, []string{long[:64] + ", chat"}, 101, long[:64]},
+		{"not a token", any, []string{"a/b, chat"}, 101, "chat"},
+		{"not a token, quoted", any, []string{`"chat"`, "chat"}, 101, "chat"},
+		{"only bad offers", any, []string{long + ", a/b"}, 101, ""},
+		{"only bad offers, list configured", chat, []string{long + ", a/b"}, 400, ""},
+		{"nothing offered, list configured", chat, nil, 400, ""},
+		{"the 17th offer", chat, []string{strings.Join(sixteen, ", "), "chat"}, 400, ""},
+		{"the 16th offer", chat, []string{strings.Join(sixteen[:15], ", "), "chat"}, 101, "chat"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newHijackRecorder()
+			r := prepareHandshake("127.0.0.1:6080", "", false, nil, w)
+			for _, o := range tt.offers {
+				r.Header.Add("Sec-WebSocket-Protocol", o)
+			}
+			res := serveHandshake(t, tt.h, r, w)
+			up.dials(t)
+			if res.status != tt.status {
+				t.Fatalf("status %d (%v), want %d", res.status, res.err, tt.status)
+			}
+			if tt.status != 101 {
+				return
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(res.head)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != tt.echo {
+				t.Errorf("echoed %.80q, want %q", got, tt.echo)
+			}
+		})
+	}
+}
+
+// TestTunnelMemoryIndependentOfHeaders: the strings a tunnel keeps for
+// its life (subprotocol, channel, user) are copies, so that a tunnel
+// opened with 16 KB headers holds no more memory than one opened with
+// small ones. Each of the three would otherwise pin a 16 KB header (or
+// the string made from it): the echoed subprotocol is a piece of the
+// Sec-WebSocket-Protocol header, the channel a piece of the expanded
+// template, and the basic-auth user a piece of the decoded
+// "user:password".
+func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
+	const n = 100
+	// an upstream that holds its connections open
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 4*n)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	closeHeld := func() {
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}
+	t.Cleanup(func() { ln.Close(); closeHeld() })
+
+	// bcrypt reads the first 72 bytes of a password: the hash of those
+	// accepts them followed by anything, so a 16 KB password works
+	password := strings.Repeat("p", 72)
+	h := provisioned(t, `{"upstreams": [{"dial": "`+ln.Addr().String()+`"}], "buffer_size": 512,
+		"channel": "{http.request.header.X-Room}",
+		"auth": {"basic": [{"username": "alice", "password": "`+bcryptHash(t, password)+`"}]}}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+		if err := h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })); err != nil {
+			http.Error(w, err.Error(), handlerErrorStatus(err))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+
+	// perTunnel opens n tunnels whose headers carry pad bytes each, and
+	// returns the heap they hold, per tunnel.
+	perTunnel := func(pad int) float64 {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var clients []*websocket.Conn
+		for i := range n {
+			hdr := http.Header{}
+			hdr.Set("Sec-WebSocket-Protocol", "chat, "+strings.Repeat("z", pad))
+			hdr.Set("X-Room", fmt.Sprintf("room-%d-", i)+strings.Repeat("r", pad))
+			hdr.Set("Authorization", basicAuthValue("alice", password+strings.Repeat("q", pad)))
+			c, resp, err := websocket.DefaultDialer.Dial(url, hdr)
+			if err != nil {
+				t.Fatalf("tunnel %d: %v (%v)", i, err, resp)
+			}
+			if c.Subprotocol() != "chat" {
+				t.Fatalf("subprotocol %q", c.Subprotocol())
+			}
+			clients = append(clients, c)
+		}
+		waitFor(t, 10*time.Second, "the tunnels to be registered", func() bool {
+			return len(selectTunnels(func(*tunnel) bool { return true })) == n
+		})
+		for _, tu := range selectTunnels(func(*tunnel) bool { return true }) {
+			if tu.user != "alice" || tu.subprotocol != "chat" || !strings.HasPrefix(tu.channel, "room-") || len(tu.channel) != maxChannelLen {
+				t.Fatalf("tunnel: user %q, subprotocol %q, channel of %d bytes", tu.user, tu.subprotocol, len(tu.channel))
+			}
+		}
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		for _, c := range clients {
+			c.Close()
+		}
+		closeHeld()
+		waitFor(t, 10*time.Second, "the tunnels to end", func() bool {
+			return len(selectTunnels(func(*tunnel) bool { return true })) == 0
+		})
+		runtime.KeepAlive(clients)
+		return (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	}
+	perTunnel(300) // warm up: pools, goroutine stacks, maps
+	small := perTunnel(300)
+	big := perTunnel(16 << 10)
+	t.Logf("heap per tunnel: %.0f B with small headers, %.0f B with 16 KB ones", small, big)
+	if big-small > 8<<10 {
+		t.Errorf("a tunnel opened with 16 KB headers holds %.0f B more than one opened with small headers: "+
+			"it keeps pieces of them", big-small)
+	}
+}
+
+// TestBasicAuthWrongPasswordSameWork: a wrong password costs the same
+// bcrypt work whatever the user: known with a low cost, known with the
+// highest, or unknown. The work is counted, not timed: 2^cost per
+// comparison, the number of rounds bcrypt runs.
+func TestBasicAuthWrongPasswordSameWork(t *testing.T) {
+	hashOf := func(pw string, cost int) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
+	au, err := newAuthenticator(&Auth{Basic: []BasicAccount{
+		{Username: "low", Password: hashOf("low-pw", 4)},
+		{Username: "mid", Password: hashOf("mid-pw", 5)},
+		{Username: "high", Password: hashOf("high-pw", 7)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := 0
+	compare := au.compare
+	au.compare = func(hash, password []byte) bool {
+		cost, err := bcrypt.Cost(hash)
+		if err != nil {
+			t.Fatalf("compared with a hash that is not bcrypt: %v", err)
+		}
+		work += 1 << cost
+		return compare(hash, password)
+	}
+	for _, tt := range []struct {
+		user, password string
+		ok             bool
+	}{
+		{"low", "wrong", false}, {"mid", "wrong", false}, {"high", "wrong", false}, {"nobody", "wrong", false},
+		{"low", "low-pw", true}, {"mid", "mid-pw", true}, {"high", "high-pw", true}, {"nobody", "low-pw", false},
+	} {
+		work = 0
+		if got := au.checkBasic(tt.user, tt.password); got != tt.ok {
+			t.Errorf("%s/%s: %v, want %v", tt.user, tt.password, got, tt.ok)
+		}
+		if work != 1<<7 {
+			t.Errorf("%s with a %s password: bcrypt work %d, want %d (that of the costliest hash)", tt.user,
+				map[bool]string{true: "right", false: "wrong"}[tt.ok], work, 1<<7)
+		}
+	}
+}
+
+// TestBearerSHA256Entries: a `bearer` entry `sha256:<hex>` is the SHA-256
+// of the token, so that a configuration need not hold the token; a bad
+// one fails the load without showing it.
+func TestBearerSHA256Entries(t *testing.T) {
+	sum := func(s string) string { b := sha256.Sum256([]byte(s)); return hex.EncodeToString(b[:]) }
+	t.Setenv("WS_TOKEN_SUM", "sha256:"+sum("from-env"))
+	au, err := newAuthenticator(&Auth{Bearer: []string{
+		"plain-one",
+		"sha256:" + sum("hashed-two"),
+		"sha256:" + strings.ToUpper(sum("hashed-three")),
+		"{env.WS_TOKEN_SUM}",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tok, want := range map[string]int{
+		"plain-one": 1, "hashed-two": 2, "hashed-three": 3, "from-env": 4,
+		"sha256:" + sum("hashed-two"): 0, sum("hashed-two"): 0, "other": 0,
+	} {
+		if got := au.matchBearer(tok); got != want {
+			t.Errorf("token %q: entry %d, want %d", tok, got, want)
+		}
+	}
+	for _, bad := range []string{"sha256:", "sha256:abc", "sha256:" + sum("x") + "00", "sha256:" + strings.Repeat("zz", 32)} {
+		_, err := newAuthenticator(&Auth{Bearer: []string{"ok", bad}})
+		if err == nil || !strings.Contains(err.Error(), "auth.bearer[1]") || len(bad) > 7 && strings.Contains(err.Error(), bad[7:]) {
+			t.Errorf("%q: %v, want an error naming auth.bearer[1] and not the value", bad, err)
+		}
 	}
 }

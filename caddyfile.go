@@ -21,6 +21,8 @@ package wstotcp
 //   - There is no Validate: nothing is left to check after Provision.
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
@@ -80,6 +82,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		channel <template>
 //		origins <pattern...>
+//		allowed_hosts <name...>
 //		auth {
 //			basic {
 //				<user> <bcrypt hash>
@@ -212,6 +215,11 @@ func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, sub string) error {
 		h.Origins = d.RemainingArgs()
 		if len(h.Origins) == 0 {
 			return d.Errf("origins: at least one pattern is required")
+		}
+	case "allowed_hosts":
+		h.AllowedHosts = d.RemainingArgs()
+		if len(h.AllowedHosts) == 0 {
+			return d.Errf("allowed_hosts: at least one host name is required")
 		}
 	case "auth":
 		return h.parseAuth(d)
@@ -554,7 +562,13 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 			if len(toks) == 0 {
 				return d.Errf("auth: bearer: at least one token is required")
 			}
-			a.Bearer = append(a.Bearer, toks...)
+			for _, tok := range toks {
+				h, err := bearerEntry(tok)
+				if err != nil {
+					return d.Errf("auth: bearer: %v", err)
+				}
+				a.Bearer = append(a.Bearer, h)
+			}
 		case "jwt":
 			if err := parseJWT(d, a); err != nil {
 				return err
@@ -577,6 +591,24 @@ func (h *Handler) parseAuth(d *caddyfile.Dispenser) error {
 	}
 	h.Auth = a
 	return nil
+}
+
+// bearerEntry is the JSON form of a `bearer` token of the Caddyfile: a
+// literal token becomes its sha256: form, so that neither the adapted JSON
+// nor Caddy's dumps of it (admin API, DEBUG log) hold the token; a
+// placeholder stays, to be expanded when the config loads, as does an
+// entry already in sha256: form.
+func bearerEntry(tok string) (string, error) {
+	switch {
+	case tok == "":
+		return "", fmt.Errorf("empty token")
+	case hasPlaceholder(tok), strings.HasPrefix(tok, bearerHashPrefix):
+		return tok, nil
+	case len(tok) > maxTokenLen:
+		return "", fmt.Errorf("a token is longer than %d bytes", maxTokenLen)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return bearerHashPrefix + hex.EncodeToString(sum[:]), nil
 }
 
 // parseJWT reads the `jwt` block of `auth`.

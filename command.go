@@ -81,6 +81,14 @@ commas; e.g. --origin https://app.example.com, or
 --origin 'https://*.example.com'). Clients that are not browsers send no
 Origin and are accepted.
 
+Over plain HTTP, a page is taken for the same origin only when the name
+it was loaded from is an IP address, localhost (or *.localhost), or a
+name given with --allowed-host (or in an --origin pattern): any other
+name could be an attacker's, pointed at this machine after the page
+loaded (DNS rebinding), and is refused with 403. E.g. for noVNC at
+http://pc.lan:6080/vnc.html, add --allowed-host pc.lan. With --domain or
+--cert the certificate binds the name, and this does not apply.
+
 --subprotocol NAME accepts only these WebSocket subprotocols (repeat it or
 separate names with commas), in order of preference: 'binary' and
 'base64' as in websockify (base64 text frames both ways), any other name
@@ -135,6 +143,7 @@ func wsToTCPCobra(cmd *cobra.Command) {
 	fl.String("idle-timeout", "", "Close a tunnel that carried no data for this `duration` (e.g. 10m; default: no limit)")
 	fl.String("heartbeat", "", "Ping each client every `duration` and drop the silent ones (e.g. 30s; default: off)")
 	fl.StringSlice("origin", nil, "Also accept WebSockets from pages of these `origins` (repeatable, or comma-separated)")
+	fl.StringSlice("allowed-host", nil, "Over plain HTTP, also trust these host `names` for same-origin pages (repeatable, or comma-separated)")
 	fl.Bool("test-page", false, "Serve the built-in test page on every GET")
 	fl.String("admin", "", "Turn the admin endpoint on at this `address` (default: off)")
 	fl.BoolP("access-log", "a", false, "Log every HTTP request")
@@ -204,6 +213,10 @@ func wsToTCPConfig(fs caddycmd.Flags) (*caddy.Config, wsToTCPSummary, error) {
 		return nil, sum, err
 	}
 	origins, err := fs.GetStringSlice("origin")
+	if err != nil {
+		return nil, sum, err
+	}
+	allowedHosts, err := fs.GetStringSlice("allowed-host")
 	if err != nil {
 		return nil, sum, err
 	}
@@ -285,6 +298,17 @@ func wsToTCPConfig(fs caddycmd.Flags) (*caddy.Config, wsToTCPSummary, error) {
 		if _, err := compileOrigins(h.Origins); err != nil {
 			return nil, sum, fmt.Errorf("--origin: %v", err)
 		}
+	}
+	for _, n := range allowedHosts {
+		h.AllowedHosts = append(h.AllowedHosts, strings.TrimSpace(n))
+	}
+	if _, err := compileAllowedHosts(h.AllowedHosts); err != nil {
+		return nil, sum, fmt.Errorf("--allowed-host: %v", err)
+	}
+	if domain != "" {
+		// the name the certificate is for; over TLS the Host is bound by
+		// it anyway, but the rule then reads the same whatever the listener
+		h.AllowedHosts = append(h.AllowedHosts, domain)
 	}
 	if h.IdleTimeout, err = durationFlag(fs, "idle-timeout"); err != nil {
 		return nil, sum, err

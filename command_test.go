@@ -239,6 +239,26 @@ func TestCommandConfig(t *testing.T) {
 		}
 	})
 
+	t.Run("allowed hosts", func(t *testing.T) {
+		cfg, _, err := parseCommand(t, "--to", "localhost:5900", "--allowed-host", "vnc.lan, *.desk.lan", "--allowed-host", "pc.home.arpa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(decodeCommandConfig(t, cfg).handler.AllowedHosts); got != "[vnc.lan *.desk.lan pc.home.arpa]" {
+			t.Errorf("--allowed-host: allowed_hosts %s", got)
+		}
+		cfg, _, err = parseCommand(t, "--domain", "vnc.example.com", "--to", "localhost:5900")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(decodeCommandConfig(t, cfg).handler.AllowedHosts); got != "[vnc.example.com]" {
+			t.Errorf("--domain: allowed_hosts %s, want its name", got)
+		}
+		if err := caddy.Validate(cfg); err != nil {
+			t.Errorf("caddy validate: %v", err)
+		}
+	})
+
 	t.Run("cert", func(t *testing.T) {
 		cfg, sum, err := parseCommand(t, "--cert", certFile, "--key", keyFile, "--to", "localhost:5900")
 		if err != nil {
@@ -320,6 +340,8 @@ func TestCommandConfigErrors(t *testing.T) {
 		{[]string{"--to", "localhost:5900", "--domain", "vnc.example.com", "--listen", ":80"}, "port 80"},
 		{[]string{"--to", "localhost:5900", "--subprotocol", "bad name"}, "not a valid subprotocol"},
 		{[]string{"--to", "localhost:5900", "--origin", "not an origin"}, "--origin:"},
+		{[]string{"--to", "localhost:5900", "--allowed-host", "vnc.lan:6080"}, "--allowed-host:"},
+		{[]string{"--to", "localhost:5900", "--allowed-host", "http://vnc.lan"}, "--allowed-host:"},
 		{[]string{"--to", "localhost:5900", "--idle-timeout", "300"}, "--idle-timeout"},
 		{[]string{"--to", "localhost:5900", "--idle-timeout", "-5m"}, "not a positive duration"},
 		{[]string{"--to", "localhost:5900", "--heartbeat", "often"}, "--heartbeat"},
@@ -706,5 +728,31 @@ func TestCommandBadUsage(t *testing.T) {
 		if code == 0 || !strings.Contains(out, c.want) {
 			t.Errorf("caddy ws-to-tcp %q: exit status %d, output:\n%s\nwant a non-zero status and %q", c.args, code, out, c.want)
 		}
+	}
+}
+
+// TestCommandRebinding: `caddy ws-to-tcp --listen 127.0.0.1:<port>` is
+// plain HTTP, where a page under an attacker's name pointed at 127.0.0.1
+// (DNS rebinding) sends a Host and an Origin that agree: refused with 403.
+// The address itself, localhost, and names given with --allowed-host or
+// --origin are admitted.
+func TestCommandRebinding(t *testing.T) {
+	echo := echoUpstream(t)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	startCommand(t, addr, "--listen", addr, "--to", echo.addr,
+		"--allowed-host", "vnc.home.arpa", "--origin", fmt.Sprintf("http://pc.lan:%d", port))
+	at := func(name string) http.Header {
+		hostport := fmt.Sprintf("%s:%d", name, port)
+		return http.Header{"Host": {hostport}, "Origin": {"http://" + hostport}}
+	}
+	_, resp, err := wsDialer.Dial("ws://"+addr+"/", at("rebind.attacker.example"))
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a rebound name: %v, %v; want 403", resp, err)
+	}
+	for _, name := range []string{"127.0.0.1", "localhost", "vnc.home.arpa", "pc.lan"} {
+		ws := dialWS(t, wsDialer, "ws://"+addr+"/", at(name))
+		wsRoundTrip(t, ws, []byte("through "+name))
+		ws.Close()
 	}
 }

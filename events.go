@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -120,5 +121,5 @@ func (h *Handler) expandChannel(repl *caddy.Replacer) string {
 		}
 		s = s[:cut]
 	}
-	return s
+	return strings.Clone(s) // not a piece of the whole expansion, kept for the tunnel's life
 }

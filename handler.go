@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -56,7 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.ws_to_tcp.upstream", u.Dial)
 		repl.Set("http.ws_to_tcp.subprotocol", subprotocol)
 		if user, ok := repl.GetString("http.auth.user.id"); ok {
-			t.user = user
+			t.user = strings.Clone(user) // not a piece of the request's headers, kept for the tunnel's life
 		}
 		t.channel = h.expandChannel(repl)
 	}
@@ -97,8 +98,8 @@ func checkHandshake(r *http.Request) error {
 	if r.Header.Get("Sec-Websocket-Version") != "13" {
 		return errors.New("unsupported Sec-WebSocket-Version: only 13 is supported")
 	}
-	if r.Header.Get("Sec-Websocket-Key") == "" {
-		return errors.New("missing Sec-WebSocket-Key")
+	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-Websocket-Key")); err != nil || len(key) != 16 {
+		return errors.New("missing or invalid Sec-WebSocket-Key: the base64 of 16 bytes is required")
 	}
 	return nil
 }
@@ -135,9 +136,8 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (adm admission, 
 		}
 	}()
 
-	if !h.origins.allowed(r) {
-		return admission{}, h.rejected(r, rejectOrigin, http.StatusForbidden,
-			fmt.Errorf("origin %q not allowed", truncate(r.Header.Get("Origin"), 200)))
+	if err := h.checkOrigin(r); err != nil {
+		return admission{}, h.rejected(r, rejectOrigin, http.StatusForbidden, err)
 	}
 
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)

@@ -186,6 +186,18 @@ type Handler struct {
 	// dialled. Default: the default rule only.
 	Origins []string `json:"origins,omitempty"`
 
+	// Host names trusted by the same-origin rule on plain-HTTP requests.
+	// Without TLS nothing binds a name to this server: a page under an
+	// attacker's name that is later pointed at this server (DNS
+	// rebinding) sends a Host and an Origin that agree, so over plain HTTP
+	// the rule trusts only a Host that is an IP address, `localhost` or
+	// `*.localhost`, a name of the site's address (the host matchers above
+	// the handler, and the server's listen addresses), the host of an
+	// `origins` pattern, or a name listed here. A `*` stands for one label
+	// (`*.vnc.lan`). Requests over TLS are not concerned: the certificate
+	// binds the name. A refused handshake gets 403. Default: none.
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+
 	// Authentication by the handler itself: basic, static bearer tokens and
 	// JWTs, carried by the Authorization header, a query parameter, a
 	// cookie or a `bearer.<token>` subprotocol entry. Not needed when
@@ -244,7 +256,7 @@ type Handler struct {
 	upgrader    websocket.Upgrader
 	relay       *relay.Config // how this handler's tunnels relay; built once, read by them
 	upstreamTLS *tls.Config
-	origins     *originPolicy   // nil: the default rule
+	origins     *originPolicy   // origins and allowed_hosts; never nil once provisioned
 	auth        *authenticator  // nil without an auth block
 	limits      *connLimits     // nil without limits
 	lb          *balancer       // upstream pool, policy, health; see loadbalancer.go

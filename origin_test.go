@@ -1,9 +1,14 @@
 package wstotcp
 
 import (
+	"crypto/tls"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestOriginPatternMatch(t *testing.T) {
@@ -94,9 +99,14 @@ func TestOriginPatternErrors(t *testing.T) {
 }
 
 func TestOriginPolicyAllowed(t *testing.T) {
+	// req is a request over TLS unless its Host is an IP address, so that
+	// the host names are trusted (see TestSameOriginHostRebinding).
 	req := func(host string, origins ...string) *http.Request {
 		r, _ := http.NewRequest("GET", "http://"+host+"/", nil)
 		r.Host = host
+		if net.ParseIP(requestHostName(host)) == nil {
+			r.TLS = &tls.ConnectionState{}
+		}
 		for _, o := range origins {
 			r.Header.Add("Origin", o)
 		}
@@ -122,7 +132,7 @@ func TestOriginPolicyAllowed(t *testing.T) {
 		{"same origin, case", def, req("VNC.example.net", "https://vnc.EXAMPLE.net"), true},
 		{"same origin with port", def, req("127.0.0.1:6080", "http://127.0.0.1:6080"), true},
 		{"same origin, default port in Host", def, req("vnc.example.net:443", "https://vnc.example.net"), true},
-		{"same origin, http default port", def, req("vnc.example.net", "http://vnc.example.net:80"), true},
+		{"same origin, http default port", def, req("127.0.0.1", "http://127.0.0.1:80"), true},
 		{"same host, other port", def, req("127.0.0.1:6080", "http://127.0.0.1:6081"), false},
 		{"same host, origin port missing", def, req("127.0.0.1:6080", "http://127.0.0.1"), false},
 		{"cross site", def, req("vnc.example.net", "https://evil.example"), false},
@@ -135,7 +145,7 @@ func TestOriginPolicyAllowed(t *testing.T) {
 		{"star", all, req("vnc.example.net", "https://evil.example"), true},
 	}
 	for _, tt := range tests {
-		if got := tt.p.allowed(tt.r); got != tt.allowed {
+		if got := tt.p.check(tt.r, nil) == nil; got != tt.allowed {
 			t.Errorf("%s: allowed = %v, want %v", tt.name, got, tt.allowed)
 		}
 	}
@@ -198,4 +208,80 @@ func FuzzOriginPattern(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSameOriginHostRebinding: over plain HTTP, the same-origin rule
+// trusts the Host only when it cannot be an attacker's name pointed at
+// this server (DNS rebinding): an IP address, localhost, a name of the
+// site's address, or a name allowed by origins or allowed_hosts. Over TLS
+// the certificate binds the name, and the Origin must then be https
+// unless a pattern says otherwise. Refusals come before any dial.
+func TestSameOriginHostRebinding(t *testing.T) {
+	up := newDialCounter(t)
+	def := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
+	opts := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}],
+		"origins": ["http://vnc.lan:*"], "allowed_hosts": ["vnc.home.arpa", "*.vnc.example"]}`)
+	site := provisioned(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
+	// site sits in a subroute under a site address's host matcher, as the
+	// Caddyfile `http://vnc.site.example:6080, *.desk.example { … }` puts it
+	srv := &caddyhttp.Server{Routes: caddyhttp.RouteList{{
+		MatcherSets: caddyhttp.MatcherSets{{&caddyhttp.MatchHost{"vnc.site.example", "*.desk.example"}}},
+		Handlers: []caddyhttp.MiddlewareHandler{&caddyhttp.Subroute{Routes: caddyhttp.RouteList{
+			{Handlers: []caddyhttp.MiddlewareHandler{site}},
+		}}},
+	}}}
+	const attacker = "rebind.attacker.example:6080"
+	for _, tt := range []struct {
+		name         string
+		h            *Handler
+		host, origin string
+		tls          bool
+		want         int
+	}{
+		{"rebound name", def, attacker, "http://" + attacker, false, 403},
+		{"rebound name, no port", def, "rebind.attacker.example", "http://rebind.attacker.example", false, 403},
+		{"localhost as a label", def, "localhost.attacker.example:6080", "http://localhost.attacker.example:6080", false, 403},
+		{"IP-looking name", def, "127.0.0.1.nip.io:6080", "http://127.0.0.1.nip.io:6080", false, 403},
+		{"no Origin: not a browser", def, attacker, "", false, 101},
+		{"IPv4", def, "127.0.0.1:6080", "http://127.0.0.1:6080", false, 101},
+		{"IPv6", def, "[::1]:6080", "http://[::1]:6080", false, 101},
+		{"LAN address", def, "192.168.1.20:6080", "http://192.168.1.20:6080", false, 101},
+		{"localhost", def, "localhost:6080", "http://localhost:6080", false, 101},
+		{"LOCALHOST", def, "LocalHost:6080", "http://localhost:6080", false, 101},
+		{"*.localhost", def, "vnc.localhost:6080", "http://vnc.localhost:6080", false, 101},
+		{"https origin behind a TLS-ending proxy", def, "127.0.0.1:6080", "https://127.0.0.1:6080", false, 101},
+		{"over TLS, the name is bound", def, "vnc.example.com", "https://vnc.example.com", true, 101},
+		{"over TLS, with a port", def, "vnc.example.com:8443", "https://vnc.example.com:8443", true, 101},
+		{"over TLS, an http page", def, "victim.example", "http://victim.example", true, 403},
+		{"over TLS, an http page on 443", def, "victim.example:443", "http://victim.example:443", true, 403},
+		{"name of an origins pattern", opts, "vnc.lan:6080", "http://vnc.lan:6080", false, 101},
+		{"origins pattern over TLS says http", opts, "vnc.lan:8443", "http://vnc.lan:8443", true, 101},
+		{"allowed_hosts", opts, "vnc.home.arpa:6080", "http://vnc.home.arpa:6080", false, 101},
+		{"allowed_hosts, case", opts, "VNC.Home.Arpa:6080", "http://vnc.home.arpa:6080", false, 101},
+		{"allowed_hosts wildcard", opts, "pc1.vnc.example", "http://pc1.vnc.example", false, 101},
+		{"allowed_hosts wildcard, one label only", opts, "a.pc1.vnc.example", "http://a.pc1.vnc.example", false, 403},
+		{"not in allowed_hosts", opts, attacker, "http://" + attacker, false, 403},
+		{"the site's name", site, "vnc.site.example:6080", "http://vnc.site.example:6080", false, 101},
+		{"the site's wildcard", site, "pc7.desk.example", "http://pc7.desk.example", false, 101},
+		{"not the site's name", site, attacker, "http://" + attacker, false, 403},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newHijackRecorder()
+			var s *caddyhttp.Server
+			if tt.h == site {
+				s = srv
+			}
+			res := serveHandshake(t, tt.h, prepareHandshake(tt.host, tt.origin, tt.tls, s, w), w)
+			dials := up.dials(t)
+			if res.status != tt.want {
+				t.Fatalf("Host %q, Origin %q, TLS %v: status %d (%v), want %d", tt.host, tt.origin, tt.tls, res.status, res.err, tt.want)
+			}
+			if tt.want == 403 && dials != 0 {
+				t.Errorf("refused, yet %d dials", dials)
+			}
+			if tt.want == 403 && !tt.tls && !strings.Contains(fmt.Sprint(res.err), "allowed_hosts") {
+				t.Errorf("the refusal does not name allowed_hosts, the option that would admit it: %v", res.err)
+			}
+		})
+	}
 }

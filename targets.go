@@ -428,6 +428,9 @@ func (rt *targetResolver) provision(h *Handler) error {
 		if err != nil {
 			return settingError("targets.redis.url", "targets > redis", "%v", err)
 		}
+		if c.Redis.Prefix == "" {
+			h.logger.Warn(redisNoPrefixWarning)
+		}
 		rt.remote = append(rt.remote, src)
 	}
 	if rt.table == nil && rt.file == nil && len(rt.remote) == 0 {

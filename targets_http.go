@@ -69,6 +69,16 @@ func (s *httpSource) name() string { return "http" }
 
 func (s *httpSource) close() { s.transport.CloseIdleConnections() }
 
+// pathSafeToken reports whether a token may go into a lookup URL. Put in
+// a path, the token is escaped (url.PathEscape: a `/` is %2F), so it stays
+// one segment; but `.` and `..` would still be dot segments, which a
+// service that normalises paths takes as this resource or its parent, and
+// an empty token would make the segment disappear: such tokens are
+// unknown without a lookup, wherever the template puts the token.
+func pathSafeToken(tok string) bool {
+	return tok != "" && tok != "." && tok != ".."
+}
+
 // url puts the token into the URL: in place of {token} (or %s), escaped
 // for where it stands; else as the query parameter `token`.
 func (s *httpSource) url(tok string) string {
@@ -92,6 +102,9 @@ func (s *httpSource) url(tok string) string {
 // get asks the service. Errors name the URL in its template form, never
 // with the token in it.
 func (s *httpSource) get(ctx context.Context, tok string) (target, error) {
+	if !pathSafeToken(tok) {
+		return target{}, errUnknownToken
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url(tok), nil)
 	if err != nil {
 		return target{}, fmt.Errorf("GET %s: %v", s.shown, err)

@@ -19,6 +19,11 @@ type redisSource struct {
 	shown  string // the URL for logs, password redacted
 }
 
+// redisNoPrefixWarning is logged when the Redis source has no key prefix.
+const redisNoPrefixWarning = "targets > redis: no key prefix: a client's token is the whole key, so clients can " +
+	"probe any key of the database whose value reads as a target; keep the targets under a prefix of their own " +
+	"(redis <url> <prefix>, JSON targets.redis.prefix)"
+
 func newRedisSource(rawURL, prefix string, timeout time.Duration) (*redisSource, error) {
 	rawURL = strings.TrimSpace(rawURL)
 	shown := "redis URL"

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -652,5 +653,66 @@ func TestTargetsCaddyfileErrors(t *testing.T) {
 		if strings.Contains(err.Error(), "secret-tok") {
 			t.Errorf("the error names a token: %v", err)
 		}
+	}
+}
+
+// TestHTTPSourceTokenCannotChangePath: a token put in the lookup URL's path
+// stays one segment: `.` and `..` (which a service normalising dot
+// segments would take as "this" or "the parent" resource) and the empty
+// token are unknown without a request, and anything else, escaped, is the
+// one segment the template gives it.
+func TestHTTPSourceTokenCannotChangePath(t *testing.T) {
+	var mu sync.Mutex
+	var paths []string // escaped, as sent
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.EscapedPath())
+		mu.Unlock()
+		fmt.Fprint(w, "127.0.0.1:5901") // a target for any path: a service that answers for another resource
+	}))
+	defer srv.Close()
+	requests := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		out := paths
+		paths = nil
+		return out
+	}
+	for _, tmpl := range []string{"/tokens/{token}", "/tokens/%s", "/tokens/{token}/target", "/tokens/{token}?x=1", "/?token={token}"} {
+		s, err := newHTTPSource(srv.URL+tmpl, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tok := range []string{".", "..", ""} {
+			if _, err := s.get(context.Background(), tok); !errors.Is(err, errUnknownToken) {
+				t.Errorf("%s, token %q: %v, want unknown", tmpl, tok, err)
+			}
+			if got := requests(); len(got) != 0 {
+				t.Errorf("%s, token %q: looked up as %q, want no request", tmpl, tok, got)
+			}
+		}
+		inPath := !strings.HasPrefix(tmpl, "/?")
+		for _, tok := range []string{"...", "..x", ".x", "a.b", "%2e%2e", "..%2f..", "../..", "a/../b", `..\..`, "a;b", "a?b", "a#b"} {
+			if _, err := s.get(context.Background(), tok); err != nil {
+				t.Errorf("%s, token %q: %v", tmpl, tok, err)
+				continue
+			}
+			got := requests()
+			if len(got) != 1 {
+				t.Fatalf("%s, token %q: %d requests", tmpl, tok, len(got))
+			}
+			if !inPath {
+				continue
+			}
+			segs := strings.Split(got[0], "/")
+			if len(segs) < 3 || segs[1] != "tokens" || len(segs) != strings.Count(strings.Split(tmpl, "?")[0], "/")+1 {
+				t.Errorf("%s, token %q: requested %q: the token changed the path", tmpl, tok, got[0])
+				continue
+			}
+			if seg, err := url.PathUnescape(segs[2]); err != nil || seg != tok || seg == "." || seg == ".." {
+				t.Errorf("%s, token %q: requested %q, whose token segment is %q", tmpl, tok, got[0], seg)
+			}
+		}
+		s.close()
 	}
 }
