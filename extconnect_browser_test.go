@@ -40,7 +40,7 @@ func TestTestPageOverHTTP2InChromium(t *testing.T) {
 		chromedp.Click(chromedp.ID("connect")),
 		chromedp.WaitVisible(chromedp.CSS(`#state[data-state="open"]`)),
 	)
-	list := s.listConns("")
+	list := s.waitConns(1)
 	if len(list) != 1 || list[0].Transport != transportH2 {
 		t.Fatalf("admin lists %+v, want one h2 tunnel", list)
 	}
@@ -90,7 +90,7 @@ func TestNoVNCOverHTTP2InChromium(t *testing.T) {
 			`(document.getElementById("noVNC_status") || {}).textContent || ""`))
 		t.Fatalf("noVNC did not reach its connected state: %v (status text %q)", err, status)
 	}
-	list := s.listConns("")
+	list := s.waitConns(1)
 	if len(list) != 1 || list[0].Transport != transportH2 {
 		t.Fatalf("admin lists %+v, want one h2 tunnel", list)
 	}

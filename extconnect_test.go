@@ -127,7 +127,7 @@ func TestExtendedConnectEcho(t *testing.T) {
 			if resp.Header.Get("Sec-Websocket-Accept") != "" {
 				t.Fatal("Sec-WebSocket-Accept on an extended CONNECT answer")
 			}
-			list := s.listConns("")
+			list := s.waitConns(1) // registered right after the 200 is sent
 			if len(list) != 1 || list[0].Transport != transport {
 				t.Fatalf("admin lists %+v, want one %s tunnel", list, transport)
 			}
@@ -552,6 +552,7 @@ func TestExtendedConnectAdminActions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			s.waitConns(1)
 			list := s.listConns("?transport=" + transport)
 			if len(list) != 1 {
 				t.Fatalf("?transport=%s lists %d", transport, len(list))
