@@ -197,7 +197,7 @@ func TestUpstreamHealthyFollowsConfigurations(t *testing.T) {
 	}
 	present := func(want bool) {
 		t.Helper()
-		waitFor(t, 10*time.Second, fmt.Sprintf("upstream_healthy{upstream=%q} present: %v", addr, want),
+		eventually(t, fmt.Sprintf("upstream_healthy{upstream=%q} present: %v", addr, want),
 			func() bool { _, ok := series()[addr]; return ok == want })
 	}
 	cancel1 := provision()
