@@ -205,6 +205,7 @@ const (
 // TestExampleRunsAsIs runs Caddyfile.example, unmodified, with the built
 // binary, and goes through the tunnel it sets up.
 func TestExampleRunsAsIs(t *testing.T) {
+	t.Parallel()
 	// The only test with fixed ports: those of the example.
 	for _, p := range []struct {
 		port int
@@ -293,6 +294,7 @@ func TestExampleRunsAsIs(t *testing.T) {
 // TestStopClosesTunnels checks that `caddy stop` closes open tunnels with
 // 1001 on the client side and closes the upstream connection.
 func TestStopClosesTunnels(t *testing.T) {
+	t.Parallel()
 	bin := buildCaddy(t)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

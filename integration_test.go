@@ -24,12 +24,15 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,9 +55,15 @@ const ioTimeout = 30 * time.Second
 
 // TestMain runs the tests, then checks that none left a tunnel or a relay
 // goroutine behind: the tests in parallel cannot check the process-wide
-// registry while others run, so the last word is here.
+// registry while others run, so the last word is here. It starts the
+// browser tests' Chromium in the background first, when they are to run.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if runs(browserTests...) {
+		go startChromium() // its start-up overlaps the tests before the browser's
+	}
 	code := m.Run()
+	stopChromium()
 	if code == 0 {
 		if err := noTunnelsWithin(ioTimeout / 3); err != nil {
 			fmt.Fprintln(os.Stderr, "after the tests:", err)
@@ -62,6 +71,19 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// runs reports whether the -run pattern selects one of the tests.
+func runs(tests ...string) bool {
+	pattern := flag.Lookup("test.run").Value.String()
+	if pattern == "" {
+		return true
+	}
+	re, err := regexp.Compile(strings.SplitN(pattern, "/", 2)[0])
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(tests, re.MatchString)
 }
 
 // eventually waits until cond holds and fails the test if it does not

@@ -7,6 +7,7 @@ import (
 )
 
 func TestOriginPatternMatch(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		pattern string
 		yes, no []string
@@ -58,6 +59,7 @@ func TestOriginPatternMatch(t *testing.T) {
 }
 
 func TestOriginPatternErrors(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ pattern, want string }{
 		{"example.com", "scheme://host"},
 		{"*.example.com", "scheme://host"},
@@ -94,6 +96,7 @@ func TestOriginPatternErrors(t *testing.T) {
 }
 
 func TestOriginPolicyAllowed(t *testing.T) {
+	t.Parallel()
 	req := func(host string, origins ...string) *http.Request {
 		r, _ := http.NewRequest("GET", "http://"+host+"/", nil)
 		r.Host = host
