@@ -929,60 +929,6 @@ func TestStreamsThroughCaddy(t *testing.T) {
 	})
 }
 
-// 500 clients at once, each echoing 16 KiB through the relay intact.
-func TestConcurrentClientsEcho(t *testing.T) {
-	up := echoUpstream(t)
-	s := startCaddy(t, `{HTTP} {
-	ws_to_tcp `+up.addr+`
-}`)
-	const clients, size, msg = 500, 16 << 10, 4 << 10
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := range clients {
-		wg.Go(func() {
-			c, _, err := s.tryDial("/", nil)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			data := make([]byte, size)
-			for k := range data {
-				data[k] = byte(i + k*31)
-			}
-			go func() {
-				for off := 0; off < size; off += msg {
-					c.WriteMessage(websocket.BinaryMessage, data[off:off+msg])
-				}
-			}()
-			got := make([]byte, 0, size)
-			c.SetReadDeadline(time.Now().Add(2 * ioTimeout))
-			for len(got) < size {
-				_, b, err := c.ReadMessage()
-				if err != nil {
-					errs <- fmt.Errorf("client %d after %d bytes: %w", i, len(got), err)
-					return
-				}
-				got = append(got, b...)
-			}
-			if !bytes.Equal(got, data) {
-				errs <- fmt.Errorf("client %d: echo differs", i)
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	failed := 0
-	for err := range errs {
-		if failed++; failed <= 5 {
-			t.Error(err)
-		}
-	}
-	if failed > 0 {
-		t.Fatalf("%d of %d clients failed", failed, clients)
-	}
-}
-
 // Each relay setting, once through a Caddyfile: the subdirective reaches
 // the tunnel. Its exact rule is tested in internal/relay, in virtual time
 // where it is a timer.
