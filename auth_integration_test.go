@@ -602,7 +602,7 @@ func TestAdmissionOrder(t *testing.T) {
 // slot, or whose dial fails, gives the slot back.
 func TestLimitSlotsReleasedOnFailures(t *testing.T) {
 	up := echoUpstream(t)
-	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	closed := refusedAddr(t)
 	s := startCaddy(t, `{HTTP} {
 	route /dead {
 		ws_to_tcp `+closed+` {
@@ -656,7 +656,7 @@ const logFilter = `format filter {
 // Caddy's error log and the access log, for any of the secrets.
 func TestSecretsNeverLogged(t *testing.T) {
 	up := echoUpstream(t)
-	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	closed := refusedAddr(t)
 	secret := func(what string) string { return what + "-" + newConnID() }
 	var (
 		bearerTok = secret("BearerTok")

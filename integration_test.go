@@ -142,6 +142,48 @@ func portTaken(err error) bool {
 	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(strings.ToLower(err.Error()), "address already in use")
 }
 
+// refusedAddr returns a loopback address where connections are refused,
+// and stay refused until the test ends: a socket is bound to it, so that no
+// other test or process can listen there, and does not listen. (A port
+// that was free a moment ago can be taken by anyone.)
+func refusedAddr(t testing.TB) string {
+	t.Helper()
+	port, release := holdPort(t, 0)
+	t.Cleanup(release)
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// holdPort binds a socket that does not listen to 127.0.0.1:port (0: a
+// free port), and returns the port and the function that closes it: while
+// it is held, dials to the port are refused. A free port is held for this
+// test alone; a given port (a listener's just closed, whose connections
+// are still open) needs SO_REUSEADDR, which another SO_REUSEADDR socket
+// could share: it is held against most, not all.
+func holdPort(t testing.TB, port int) (int, func()) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port != 0 {
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+			syscall.Close(fd)
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(fd)
+		t.Fatalf("holding port %d: %v", port, err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		syscall.Close(fd)
+		t.Fatal(err)
+	}
+	var once sync.Once
+	return sa.(*syscall.SockaddrInet4).Port, func() { once.Do(func() { syscall.Close(fd) }) }
+}
+
 // The real-Caddy harness.
 
 // testServer is an in-process Caddy on ports chosen at run time, so that
@@ -1160,6 +1202,8 @@ func TestRelaySettingsFromCaddyfile(t *testing.T) {
 		readEOFOrReset(t, uc)
 	})
 	t.Run("throttle", func(t *testing.T) {
+		// the only tunnel, so that it is the one whose handler is looked at
+		eventually(t, "the other tunnels' end", func() bool { return openTunnels() == 0 })
 		c := s.dial("/throttle", nil)
 		defer c.Close()
 		echoCheck(t, c)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,10 +29,11 @@ type tagServer struct {
 	addr    string
 	accepts atomic.Int64
 
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	ln      net.Listener
+	release func() // the port, held while killed
+	conns   map[net.Conn]bool
+	wg      sync.WaitGroup
 }
 
 func newTagServer(t testing.TB, name string) *tagServer {
@@ -87,16 +89,22 @@ func (ts *tagServer) serve(ln net.Listener) {
 }
 
 // kill closes the listener: new dials are refused, open connections go on.
+// The port stays held (holdPort) until relisten.
 func (ts *tagServer) kill() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	ts.ln.Close()
 	ts.ln = nil
+	_, port, _ := net.SplitHostPort(ts.addr)
+	p, _ := strconv.Atoi(port)
+	_, ts.release = holdPort(ts.t, p)
+	ts.t.Cleanup(ts.release)
 }
 
 // relisten listens on the same address again.
 func (ts *tagServer) relisten() {
 	ts.t.Helper()
+	ts.release()
 	eventually(ts.t, "listening on "+ts.addr+" again", func() bool {
 		ln, err := net.Listen("tcp", ts.addr)
 		if err != nil && !errors.Is(err, syscall.EADDRINUSE) {

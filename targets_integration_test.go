@@ -656,8 +656,8 @@ func TestTargetsSlowSourceDoesNotStall(t *testing.T) {
 // response.
 func TestTargetsSourceDown(t *testing.T) {
 	up := echoUpstream(t)
-	deadHTTP := fmt.Sprintf("http://127.0.0.1:%d/lookup", freePort(t))
-	deadRedis := fmt.Sprintf("redis://127.0.0.1:%d", freePort(t))
+	deadHTTP := "http://" + refusedAddr(t) + "/lookup"
+	deadRedis := "redis://" + refusedAddr(t)
 	ls := newLookupServer(t)
 	ls.set("hang", up.addr)
 	ls.set("bad", "not a target")
@@ -751,7 +751,7 @@ func TestTargetTokenNeverLogged(t *testing.T) {
 				delete access_token
 			}
 		}`
-	dead := fmt.Sprintf("http://127.0.0.1:%d/lookup", freePort(t))
+	dead := "http://" + refusedAddr(t) + "/lookup"
 	s := startCaddyWithLog(t, filter, fmt.Sprintf(`{HTTP} {
 	log {
 		output ws_to_tcp_test access

@@ -166,9 +166,7 @@ func selfSigned(t testing.TB, dir, name string) (tls.Certificate, string) {
 
 func TestRefusedUpstreamIs502WithoutUpgrade(t *testing.T) {
 	t.Parallel()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now
+	addr := refusedAddr(t)
 	s := serveJSON(t, `{"upstreams": [{"dial": "`+addr+`"}]}`)
 	c, resp, err := s.tryDial("/", nil)
 	if err == nil {
