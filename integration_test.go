@@ -897,7 +897,7 @@ func TestUpgradeBehindHeaderEncodeAndBasicAuth(t *testing.T) {
 // Streams each way through Caddy: from the client in messages of varied
 // sizes, the upstream gets every byte, then EOF when the client closes;
 // from the upstream, the client gets every byte, then Close 1000 when the
-// upstream closes. (internal/relay streams 64 MiB each way.)
+// upstream closes. (internal/relay streams 16 MiB each way.)
 func TestStreamsThroughCaddy(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	s := startCaddy(t, `{HTTP} {

@@ -41,9 +41,9 @@ func patternSum(n int64) [sha256.Size]byte {
 	return [sha256.Size]byte(h.Sum(nil))
 }
 
-const longStream = 64 << 20
+const longStream = 16 << 20
 
-// 64 MiB from the client in messages of varied sizes (1 byte to 1 MiB):
+// 16 MiB from the client in messages of varied sizes (1 byte to 1 MiB):
 // the upstream gets every byte in order, then EOF when the client closes,
 // and the client gets its Close back.
 func TestLongUploadThenClientClose(t *testing.T) {
@@ -93,7 +93,7 @@ func TestLongUploadThenClientClose(t *testing.T) {
 	}
 }
 
-// 64 MiB from the upstream, which then closes: the client gets every byte
+// 16 MiB from the upstream, which then closes: the client gets every byte
 // in binary messages no larger than the buffer, then Close 1000.
 func TestLongDownloadThenUpstreamClose(t *testing.T) {
 	t.Parallel()
