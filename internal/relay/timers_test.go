@@ -275,8 +275,10 @@ func TestThrottleKeepsBackpressure(t *testing.T) {
 						return len(p), err
 					}
 				}
+				// The sender offers three times what may pass in the window,
+				// then stops: without pacing it would all be through.
 				go func() {
-					for {
+					for sent := 0; sent < 3*(burst+rate*int(window/time.Second)); sent += 100 {
 						n, err := sender.Write(msg)
 						accepted.Add(int64(n))
 						if err != nil {
