@@ -117,12 +117,12 @@ func TestInjectedMessagesNeverInterleave(t *testing.T) {
 			}
 			wg.Wait()
 			close(stop)
+			r := <-done // at the Close that follows the upstream's end, or at what went wrong
+			if r.err != nil {
+				t.Fatalf("%v (%d sends failed)", r.err, failures.Load())
+			}
 			if n := failures.Load(); n > 0 {
 				t.Fatalf("%d sends failed", n)
-			}
-			r := <-done
-			if r.err != nil {
-				t.Fatal(r.err)
 			}
 			for i, ok := range r.seen {
 				if !ok {
