@@ -112,6 +112,7 @@ func TestReloadCloseAfterTiming(t *testing.T) {
 		if el := time.Since(start); el != 30*time.Second {
 			t.Fatalf("Close after %v, want reload_close_after (30s)", el)
 		}
+		synctest.Wait()
 		if curTunnel.Ending() {
 			t.Fatal("the new configuration's tunnel is closing too")
 		}
