@@ -207,7 +207,7 @@ func TestUpstreamHealthyFollowsConfigurations(t *testing.T) {
 	}
 	present := func(want bool) {
 		t.Helper()
-		waitFor(t, 10*time.Second, fmt.Sprintf("upstream_healthy{upstream=%q} present: %v", addr, want),
+		eventually(t, fmt.Sprintf("upstream_healthy{upstream=%q} present: %v", addr, want),
 			func() bool { _, ok := series()[addr]; return ok == want })
 	}
 	cancel1 := provision()
@@ -348,7 +348,7 @@ func (f *adminFixture) open(t testing.TB) *fixtureClient {
 		}
 	}()
 	// A tunnel registers right after its 101: a moment after Dial returns.
-	waitFor(t, ioTimeout, "the fixture tunnel listed", func() bool {
+	eventually(t, "the fixture tunnel listed", func() bool {
 		rec := f.do(t, "GET", "/ws_to_tcp/connections?channel="+name, "", nil)
 		var list []connInfo
 		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &list) != nil || len(list) != 1 {

@@ -25,6 +25,7 @@ func fakeDNS(table map[string][]string) func(context.Context, string) ([]netip.A
 }
 
 func TestAllowListPatterns(t *testing.T) {
+	t.Parallel()
 	good := []string{
 		"10.0.0.0/8:5900-5999", "10.0.0.0/8", "127.0.0.1:5900", "127.0.0.1", "[::1]:5901", "::1",
 		"fd00::/8", "[fd00::/8]:5900", "[::1]", "*.vnc.internal:5900", "localhost", "vnc-*.lan:*",
@@ -63,6 +64,7 @@ func TestAllowListPatterns(t *testing.T) {
 }
 
 func TestAllowListCheckHost(t *testing.T) {
+	t.Parallel()
 	dns := fakeDNS(map[string][]string{
 		"localhost":          {"127.0.0.1"},
 		"dual.test":          {"127.0.0.1", "::1"},
@@ -144,6 +146,7 @@ func TestAllowListCheckHost(t *testing.T) {
 }
 
 func TestAllowListResolveErrorsAreNotRefusals(t *testing.T) {
+	t.Parallel()
 	a, _ := compileAllowList([]string{"10.0.0.0/8"})
 	a.lookup = fakeDNS(nil)
 	_, err := a.checkHost(context.Background(), "nxdomain.test", 5900)
@@ -159,6 +162,7 @@ func TestAllowListResolveErrorsAreNotRefusals(t *testing.T) {
 }
 
 func TestAllowListSockets(t *testing.T) {
+	t.Parallel()
 	a, err := compileAllowList([]string{"unix//run/vnc/*.sock"})
 	if err != nil {
 		t.Fatal(err)

@@ -1,16 +1,13 @@
 package wstotcp
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,128 +20,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
-
-// hdrs builds a header from name, value pairs.
-func headerOf(kv ...string) http.Header {
-	h := http.Header{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		h.Add(kv[i], kv[i+1])
-	}
-	return h
-}
-
-// basicAuth is the Authorization value of HTTP basic credentials.
-func basicAuthValue(user, password string) string {
-	r, _ := http.NewRequest("GET", "/", nil)
-	r.SetBasicAuth(user, password)
-	return r.Header.Get("Authorization")
-}
-
-// try opens a WebSocket and returns the status of the handshake: 101 with
-// the connection (closed when the test ends), or the refusal's status and
-// response.
-func dialStatus(t *testing.T, s *testServer, path string, hdr http.Header) (int, *websocket.Conn, *http.Response) {
-	t.Helper()
-	c, resp, err := s.tryDial(path, hdr)
-	if err == nil {
-		t.Cleanup(func() { c.Close() })
-		return http.StatusSwitchingProtocols, c, resp
-	}
-	if resp == nil {
-		t.Fatalf("dial %s: %v", path, err)
-	}
-	return resp.StatusCode, nil, resp
-}
-
-// expectStatus dials and fails the test unless the handshake ends with
-// want; on 101 it checks that the tunnel echoes.
-func expectHandshake(t *testing.T, s *testServer, path string, hdr http.Header, want int) (*websocket.Conn, *http.Response) {
-	t.Helper()
-	got, c, resp := dialStatus(t, s, path, hdr)
-	if got != want {
-		t.Fatalf("%s: status %d, want %d", path, got, want)
-	}
-	if c != nil {
-		echoCheck(t, c)
-	}
-	return c, resp
-}
-
-// echoOnce checks that a tunnel to an echo upstream works.
-func echoCheck(t testing.TB, c *websocket.Conn) {
-	t.Helper()
-	if err := c.WriteMessage(websocket.BinaryMessage, []byte("ping through")); err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadDeadline(time.Now().Add(ioTimeout))
-	if _, b, err := c.ReadMessage(); err != nil || string(b) != "ping through" {
-		t.Fatalf("echo: %q %v", b, err)
-	}
-	c.SetReadDeadline(time.Time{})
-}
-
-// logLines parses a file of JSON log lines; a line that is not JSON fails
-// the test.
-func jsonLogLines(t testing.TB, path string) []map[string]any {
-	t.Helper()
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		if len(sc.Bytes()) == 0 {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("%s: a line that is not JSON: %q", path, sc.Bytes())
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-// waitLog returns the first log line of the file that pred accepts,
-// waiting up to 10 s for it to be written.
-func waitLogWhere(t testing.TB, path string, what string, pred func(map[string]any) bool) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		for _, m := range jsonLogLines(t, path) {
-			if pred(m) {
-				return m
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %s in %s", what, path)
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// closedAs waits for the "tunnel closed" line of the user's tunnel.
-func waitClosedAs(t testing.TB, s *testServer, user string) map[string]any {
-	t.Helper()
-	return waitLogWhere(t, s.logFile, "tunnel closed with user "+user, func(m map[string]any) bool {
-		return m["msg"] == "tunnel closed" && m["user"] == user
-	})
-}
-
-// rejection waits for the module's log line of a refusal.
-func waitRejection(t testing.TB, s *testServer, reason string, status int) map[string]any {
-	t.Helper()
-	return waitLogWhere(t, s.logFile, fmt.Sprintf("handshake rejected %s %d", reason, status), func(m map[string]any) bool {
-		return m["msg"] == "handshake rejected" && m["reason"] == reason && m["status"] == float64(status)
-	})
-}
 
 // TestCrossSiteCookieRefusedByDefault: a page on another site cannot use
 // the browser's cookie to open the tunnel; the same page's origin can.
@@ -162,7 +37,7 @@ func TestCrossSiteCookieRefusedByDefault(t *testing.T) {
 	for _, origin := range []string{"https://evil.example", "http://127.0.0.1:1", "null", fmt.Sprintf("http://localhost:%d", s.httpPort)} {
 		expectHandshake(t, s, "/", headerOf("Cookie", cookie, "Origin", origin), http.StatusForbidden)
 	}
-	m := waitRejection(t, s, rejectOrigin, http.StatusForbidden)
+	m := s.waitRejection(rejectOrigin, http.StatusForbidden)
 	if m["level"] != "info" || m["remote_ip"] != "127.0.0.1" {
 		t.Errorf("rejection line: %v", m)
 	}
@@ -220,7 +95,7 @@ func TestOriginPatterns(t *testing.T) {
 		})
 	}
 	expectHandshake(t, s, "/any", headerOf("Origin", "https://evil.example"), 101)
-	waitLogWhere(t, s.logFile, "warning about origins *", func(m map[string]any) bool {
+	s.waitLog("", "warning about origins *", func(m map[string]any) bool {
 		return m["level"] == "warn" && m["logger"] == "http.handlers.ws_to_tcp" &&
 			strings.HasPrefix(fmt.Sprint(m["msg"]), "origins *")
 	})
@@ -233,10 +108,9 @@ func TestAuthCarriers(t *testing.T) {
 	up := echoUpstream(t)
 	const tok = "carrier-token-Zx81q"
 	t.Setenv("WS_CARRIER_TOKEN", tok)
-	access := t.TempDir() + "/access.log"
 	s := startCaddy(t, `{HTTP} {
 	log {
-		output file `+access+`
+		output ws_to_tcp_test access
 	}
 	log_append uri_after {http.request.uri}
 	log_append proto_after {http.request.header.Sec-WebSocket-Protocol}
@@ -268,7 +142,7 @@ func TestAuthCarriers(t *testing.T) {
 }`)
 	accessLine := func(what string, pred func(m map[string]any) bool) map[string]any {
 		t.Helper()
-		return waitLogWhere(t, access, what, pred)
+		return s.waitLog("access", what, pred)
 	}
 
 	t.Run("header", func(t *testing.T) {
@@ -293,7 +167,7 @@ func TestAuthCarriers(t *testing.T) {
 	})
 	t.Run("subprotocol token only", func(t *testing.T) {
 		expectHandshake(t, s, "/default", headerOf("Sec-WebSocket-Protocol", "bearer."+tok), 400)
-		m := waitRejection(t, s, rejectSubprotocol, 400)
+		m := s.waitRejection(rejectSubprotocol, 400)
 		if !strings.Contains(fmt.Sprint(m["error"]), "a second subprotocol must be offered") {
 			t.Errorf("rejection: %v", m["error"])
 		}
@@ -316,7 +190,7 @@ func TestAuthCarriers(t *testing.T) {
 		if got := resp.Header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != `Bearer realm="ws_to_tcp"` {
 			t.Errorf("without credentials: WWW-Authenticate %q", got)
 		}
-		waitRejection(t, s, rejectAuth, 401)
+		s.waitRejection(rejectAuth, 401)
 	})
 	t.Run("renamed carriers", func(t *testing.T) {
 		expectHandshake(t, s, "/renamed?t="+tok, nil, 101)
@@ -413,7 +287,7 @@ func TestBasicAuthMethod(t *testing.T) {
 }`)
 	c, _ := expectHandshake(t, s, "/basic", headerOf("Authorization", basicAuthValue("alice", "s3cret")), 101)
 	c.Close()
-	waitClosedAs(t, s, "alice")
+	s.waitClosedAs("alice")
 
 	_, resp := expectHandshake(t, s, "/basic", headerOf("Authorization", basicAuthValue("alice", "S3cret")), 401)
 	if got := resp.Header.Values("WWW-Authenticate"); len(got) != 1 || got[0] != `Basic realm="VNC area", charset="UTF-8"` {
@@ -429,7 +303,7 @@ func TestBasicAuthMethod(t *testing.T) {
 	}
 	c, _ = expectHandshake(t, s, "/both", headerOf("Authorization", "Bearer both-token"), 101)
 	c.Close()
-	waitClosedAs(t, s, "bearer#1")
+	s.waitClosedAs("bearer#1")
 	c, _ = expectHandshake(t, s, "/both", headerOf("Authorization", basicAuthValue("alice", "s3cret")), 101)
 	c.Close()
 
@@ -545,13 +419,13 @@ func TestJWTAuthMethods(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := expectHandshake(t, s, tt.path, bearer(tt.tok), 101)
 			c.Close()
-			waitClosedAs(t, s, tt.sub)
+			s.waitClosedAs(tt.sub)
 		})
 	}
 	// the query carries a JWT as well
 	c, _ := expectHandshake(t, s, "/es?access_token="+signJWT(t, jwt.SigningMethodES256, k.ec, jwtClaims("es-query-user")), nil, 101)
 	c.Close()
-	waitClosedAs(t, s, "es-query-user")
+	s.waitClosedAs("es-query-user")
 
 	refused := []struct {
 		name, path, tok string
@@ -609,7 +483,7 @@ func TestBasicAuthComposition(t *testing.T) {
 	expectHandshake(t, s, "/plain", nil, 401) // basic_auth's own refusal
 	c, _ := expectHandshake(t, s, "/plain", headerOf("Authorization", basicAuthValue("alice", "s3cret")), 101)
 	c.Close()
-	waitClosedAs(t, s, "alice")
+	s.waitClosedAs("alice")
 
 	// the auth block is skipped for bob, but his user counts for the limit
 	c, _ = expectHandshake(t, s, "/with-auth", headerOf("Authorization", basicAuthValue("bob", "s3cret")), 101)
@@ -617,11 +491,11 @@ func TestBasicAuthComposition(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-	if m := waitRejection(t, s, rejectLimit, 503); m["user"] != "bob" {
+	if m := s.waitRejection(rejectLimit, 503); m["user"] != "bob" {
 		t.Errorf("limit rejection: %v", m)
 	}
 	c.Close()
-	waitClosedAs(t, s, "bob")
+	s.waitClosedAs("bob")
 }
 
 // TestForwardAuthComposition tests the recipe of docs/admission.md
@@ -677,7 +551,7 @@ func TestForwardAuthComposition(t *testing.T) {
 }`)
 	c, _ := expectHandshake(t, s, "/fa", headerOf("X-Api-Key", "carol-key"), 101)
 	c.Close()
-	waitClosedAs(t, s, "carol")
+	s.waitClosedAs("carol")
 
 	// a client cannot name itself: forward_auth replaces the header
 	c, _ = expectHandshake(t, s, "/fa", headerOf("X-Api-Key", "carol-key", "X-User", "mallory"), 101)
@@ -692,10 +566,10 @@ func TestForwardAuthComposition(t *testing.T) {
 	expectHandshake(t, s, "/fa-auth", headerOf("X-Api-Key", "anonymous-key", "X-User", "mallory"), 401)
 	c, _ = expectHandshake(t, s, "/fa-auth", headerOf("X-Api-Key", "anonymous-key", "Authorization", "Bearer fallback-token"), 101)
 	c.Close()
-	waitClosedAs(t, s, "bearer#1")
+	s.waitClosedAs("bearer#1")
 
 	waitNoTunnels(t)
-	for _, m := range jsonLogLines(t, s.logFile) {
+	for _, m := range s.logLines("") {
 		if m["msg"] == "tunnel closed" && m["user"] == "mallory" {
 			t.Errorf("a client-supplied X-User became the user: %v", m)
 		}
@@ -734,7 +608,7 @@ func TestAdmissionOrder(t *testing.T) {
 // slot, or whose dial fails, gives the slot back.
 func TestLimitSlotsReleasedOnFailures(t *testing.T) {
 	up := echoUpstream(t)
-	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	closed := refusedAddr(t)
 	s := startCaddy(t, `{HTTP} {
 	route /dead {
 		ws_to_tcp `+closed+` {
@@ -773,13 +647,6 @@ func TestLimitSlotsReleasedOnFailures(t *testing.T) {
 	c.Close()
 }
 
-// startCaddyWithLog is startCaddy with the default logger's format (a
-// filter) set.
-func startCaddyWithLog(t *testing.T, logSettings, sites string) *testServer {
-	t.Helper()
-	return startCaddyWith(t, caddyOptions{logFormat: logSettings}, sites)
-}
-
 // logFilter is the recipe of docs/admission.md (Keeping tokens out of the
 // logs): Caddy logs the request as it arrived, before any handler runs, so
 // a token in the query string or in the Sec-WebSocket-Protocol header must
@@ -796,7 +663,7 @@ const logFilter = `format filter {
 // Caddy's error log and the access log, for any of the secrets.
 func TestSecretsNeverLogged(t *testing.T) {
 	up := echoUpstream(t)
-	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	closed := refusedAddr(t)
 	secret := func(what string) string { return what + "-" + newConnID() }
 	var (
 		bearerTok = secret("BearerTok")
@@ -812,7 +679,6 @@ func TestSecretsNeverLogged(t *testing.T) {
 	t.Setenv("WS_SECRET_BEARER", bearerTok)
 	t.Setenv("WS_SECRET_JWT", jwtSecret)
 	hash := bcryptHash(t, password)
-	access := filepath.Join(t.TempDir(), "access.log")
 	auth := `auth {
 				bearer {env.WS_SECRET_BEARER}
 				basic {
@@ -824,7 +690,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 			}`
 	s := startCaddyWithLog(t, logFilter, `{HTTP} {
 	log {
-		output file `+access+`
+		output ws_to_tcp_test access
 		`+logFilter+`
 	}
 	route /ws {
@@ -911,22 +777,18 @@ func TestSecretsNeverLogged(t *testing.T) {
 		c.Close()
 	}
 	waitNoTunnels(t)
-	waitLogWhere(t, access, "of the last request", func(m map[string]any) bool {
+	s.waitLog("access", "of the last request", func(m map[string]any) bool {
 		r, _ := m["request"].(map[string]any)
 		return r != nil && r["method"] == "GET" && m["status"] != nil && fmt.Sprint(r["headers"]) != "" &&
 			strings.Contains(fmt.Sprint(r["headers"]), "bearer.REDACTED") && !strings.Contains(fmt.Sprint(r["headers"]), "Upgrade")
 	})
 
 	// The secrets went through every path; none reached any log line.
-	for _, file := range []string{s.logFile, access} {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, line := range strings.Split(string(raw), "\n") {
+	for _, stream := range []string{"", "access"} {
+		for i, line := range strings.Split(s.logs.text(stream), "\n") {
 			for _, sec := range secrets {
 				if strings.Contains(line, sec) {
-					t.Errorf("%s line %d holds a secret (%.12s...): %s", filepath.Base(file), i+1, sec, line)
+					t.Errorf("log %q line %d holds a secret (%.12s...): %s", stream, i+1, sec, line)
 				}
 			}
 		}
@@ -934,7 +796,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 
 	// ...while the logs did record the run: the module's lines, Caddy's
 	// error lines with the filtered request, and the access log.
-	lines := jsonLogLines(t, s.logFile)
+	lines := s.logLines("")
 	seen := map[string]int{}
 	for _, m := range lines {
 		switch {
@@ -957,7 +819,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 			t.Errorf("%q: %d log lines, want %d (all: %v)", key, seen[key], n, seen)
 		}
 	}
-	acc := jsonLogLines(t, access)
+	acc := s.logLines("access")
 	users, kept := 0, 0
 	for _, m := range acc {
 		if m["user_id"] == "jwt-sub" {
@@ -999,7 +861,7 @@ http:// {
 	}
 	expectHandshake(t, s, "/", at("rebind.attacker.example"), http.StatusForbidden)
 	expectHandshake(t, s, "/named", at("rebind.attacker.example"), http.StatusForbidden)
-	m := waitRejection(t, s, rejectOrigin, http.StatusForbidden)
+	m := s.waitRejection(rejectOrigin, http.StatusForbidden)
 	if !strings.Contains(fmt.Sprint(m["error"]), "allowed_hosts") {
 		t.Errorf("the rejection line does not name allowed_hosts: %v", m)
 	}
@@ -1049,8 +911,8 @@ func TestBearerTokenNotInConfig(t *testing.T) {
 	if !strings.Contains(string(cfg), "sha256:") || strings.Contains(string(cfg), tok) {
 		t.Errorf("GET /config/: %s\nwant the sha256: form, never the token", cfg)
 	}
-	if b, err := os.ReadFile(s.logFile); err != nil || strings.Contains(string(b), tok) {
-		t.Errorf("Caddy's log holds the token (%v)", err)
+	if strings.Contains(s.logs.text(""), tok) {
+		t.Error("Caddy's log holds the token")
 	}
 }
 
@@ -1114,7 +976,7 @@ func TestLoadWarnings(t *testing.T) {
 		"auth > jwt: no audience",
 		"auth > jwt: the secret is written in the configuration",
 	} {
-		m := waitLogWhere(t, s.logFile, "warning "+want, func(m map[string]any) bool {
+		m := s.waitLog("", "warning "+want, func(m map[string]any) bool {
 			return m["level"] == "warn" && m["logger"] == "http.handlers.ws_to_tcp" && strings.Contains(fmt.Sprint(m["msg"]), want)
 		})
 		if strings.Contains(fmt.Sprint(m), "literal-jwt-secret") {

@@ -806,7 +806,7 @@ func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
 			}
 			clients = append(clients, c)
 		}
-		waitFor(t, 10*time.Second, "the tunnels to be registered", func() bool {
+		eventually(t, "the tunnels to be registered", func() bool {
 			return len(selectTunnels(func(*tunnel) bool { return true })) == n
 		})
 		for _, tu := range selectTunnels(func(*tunnel) bool { return true }) {
@@ -821,7 +821,7 @@ func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
 			c.Close()
 		}
 		closeHeld()
-		waitFor(t, 10*time.Second, "the tunnels to end", func() bool {
+		eventually(t, "the tunnels to end", func() bool {
 			return len(selectTunnels(func(*tunnel) bool { return true })) == 0
 		})
 		runtime.KeepAlive(clients)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,53 +47,110 @@ func requireTools(t *testing.T, install string, paths ...string) {
 	}
 }
 
-// browser is a headless Chromium with one tab, driven by chromedp.
+// browser is a tab of the shared headless Chromium, driven by chromedp.
 type browser struct {
 	t   *testing.T
 	ctx context.Context // the tab; no timeout: steps get theirs from step
-	out *lockedBuffer   // Chromium's own output, the page's console and errors
+	out *lockedBuffer   // the page's console and errors
 }
 
-// newBrowser starts Chromium with a fresh profile. It is closed (the
-// process chromedp started, and only it, is killed) when the test ends;
-// register it after the Caddy it talks to, so that it goes first.
-func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) *browser {
+// One headless Chromium serves every browser test. It starts in the
+// background when the test binary starts (TestMain), so that its start-up
+// overlaps the tests that run before; each test gets a tab in a browser
+// context of its own (no cookies, cache or credentials shared).
+var chromium = struct {
+	once  sync.Once
+	ready chan struct{}   // closed once started or failed
+	ctx   context.Context // the browser's first tab: tabs are made from it
+	stop  func()          // kills the process chromedp started, only it
+	out   *lockedBuffer   // Chromium's own output
+	err   error
+}{ready: make(chan struct{})}
+
+// browserTests are the tests that use Chromium, for TestMain to tell
+// whether the run needs it.
+var browserTests = []string{"TestTestPageInBrowser", "TestTestPageBehindBasicAuth", "TestNoVNCEndToEnd",
+	"TestTestPageOverHTTP2InChromium", "TestNoVNCOverHTTP2InChromium"}
+
+// startChromium starts the shared Chromium once, if it is installed.
+func startChromium() {
+	chromium.once.Do(func() {
+		defer close(chromium.ready)
+		if _, err := os.Stat(chromiumPath); err != nil {
+			chromium.err = err
+			return
+		}
+		profile, err := os.MkdirTemp("", "ws-to-tcp-chromium-")
+		if err != nil {
+			chromium.err = err
+			return
+		}
+		chromium.out = new(lockedBuffer)
+		allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+			chromedp.ExecPath(chromiumPath),
+			chromedp.Flag("headless", true),
+			chromedp.Flag("no-sandbox", true),
+			chromedp.Flag("disable-gpu", true),
+			chromedp.Flag("disable-quic", true),
+			chromedp.Flag("no-first-run", true),
+			chromedp.Flag("disable-background-networking", true),
+			chromedp.Flag("disable-component-update", true),
+			chromedp.Flag("disable-sync", true),
+			// the HTTP/2 tests' self-signed certificate
+			chromedp.Flag("ignore-certificate-errors", true),
+			chromedp.UserDataDir(profile),
+			chromedp.CombinedOutput(chromium.out),
+		)
+		ctx, cancelCtx := chromedp.NewContext(allocCtx)
+		chromium.ctx = ctx
+		chromium.stop = func() {
+			cancelCtx()
+			cancelAlloc() // waits for the browser process to end
+			os.RemoveAll(profile)
+		}
+		// Start the browser with a context without a deadline (a deadline
+		// on the first action would be the browser's lifetime), bounded by
+		// the wait in newBrowser.
+		chromium.err = chromedp.Do(ctx)
+	})
+}
+
+// stopChromium ends the shared Chromium, if it was started.
+func stopChromium() {
+	startChromium() // a no-op if it was; otherwise nothing to stop
+	<-chromium.ready
+	if chromium.stop != nil {
+		chromium.stop()
+	}
+}
+
+// newBrowser opens a tab in a fresh browser context of the shared
+// Chromium. The tab is closed when the test ends; register it after the
+// Caddy it talks to, so that it goes first.
+func newBrowser(t *testing.T) *browser {
 	t.Helper()
 	requireTools(t, "apt-get install -y chromium", chromiumPath)
+	go startChromium()
+	select {
+	case <-chromium.ready:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("Chromium did not start within 60s")
+	}
+	if chromium.err != nil {
+		t.Fatalf("starting Chromium (%s): %v\n%s", chromiumPath, chromium.err, chromium.out)
+	}
 	b := &browser{t: t, out: new(lockedBuffer)}
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append([]chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.CombinedOutput(b.out),
-	}, extra...)...)
-	ctx, cancelCtx := chromedp.NewContext(allocCtx)
+	ctx, cancel := chromedp.NewContext(chromium.ctx, chromedp.WithNewBrowserContext())
 	t.Cleanup(func() {
-		cancelCtx()
-		cancelAlloc() // waits for the browser process to end
+		cancel() // closes the tab and its browser context
 		if t.Failed() {
-			t.Logf("browser output, console and errors:\n%s", b.out.String())
+			t.Logf("the page's console and errors:\n%s", b.out.String())
+			out := chromium.out.String()
+			t.Logf("Chromium's output (tail):\n%s", out[max(0, len(out)-8<<10):])
 		}
 	})
-	// Start the browser with a context without a deadline (a deadline on
-	// the first action would be the browser's lifetime), but bounded all
-	// the same.
-	started := make(chan error, 1)
-	go func() { started <- chromedp.Do(ctx) }()
-	select {
-	case err := <-started:
-		if err != nil {
-			t.Fatalf("starting Chromium (%s): %v\n%s", chromiumPath, err, b.out.String())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("Chromium did not start within 60s:\n%s", b.out.String())
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("opening a tab: %v", err)
 	}
 	b.ctx = ctx
 	if err := chromedp.Listen(ctx, b.record); err != nil {
@@ -303,6 +361,7 @@ func TestTestPageServed(t *testing.T) {
 // TestTestPageCSP checks that the policy allows exactly the page's inline
 // script and style, by their hashes, and nothing inline besides.
 func TestTestPageCSP(t *testing.T) {
+	t.Parallel()
 	if strings.Contains(testPageCSP, "unsafe-inline") || strings.Contains(testPageCSP, "unsafe-eval") {
 		t.Errorf("CSP allows unsafe sources: %s", testPageCSP)
 	}

@@ -1,7 +1,6 @@
 package wstotcp
 
 import (
-	"fmt"
 	"testing"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
@@ -12,8 +11,10 @@ import (
 func TestCommandTLSServesHTTP2WebSockets(t *testing.T) {
 	echo := echoUpstream(t)
 	certFile, keyFile := writeServerCert(t, t.TempDir())
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCommand(t, addr, "--listen", addr, "--to", echo.addr, "--cert", certFile, "--key", keyFile)
+	_, addrs := startCommand(t, 1, func(a []string) []string {
+		return []string{"--listen", a[0], "--to", echo.addr, "--cert", certFile, "--key", keyFile}
+	})
+	addr := addrs[0]
 
 	ws, _, err := newH2Client(t, addr).connect("/", nil)
 	if err != nil {

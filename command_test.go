@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,6 +109,7 @@ func decodeCommandConfig(t *testing.T, cfg *caddy.Config) commandConfig {
 }
 
 func TestCommandConfig(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	certFile, keyFile := writeServerCert(t, dir)
 
@@ -314,6 +316,7 @@ func TestCommandConfig(t *testing.T) {
 }
 
 func TestCommandConfigErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	certFile, keyFile := writeServerCert(t, dir)
 	for _, c := range []struct {
@@ -416,14 +419,23 @@ func wsRoundTrip(t *testing.T, ws *websocket.Conn, msg []byte) {
 	}
 }
 
-// startCommand runs the built binary as `caddy ws-to-tcp args...` and
-// waits until addr accepts connections.
-func startCommand(t *testing.T, addr string, args ...string) *caddyProcess {
+// startCommand runs the built binary as `caddy ws-to-tcp args(addrs)...`
+// with n loopback addresses on free ports, and waits until the first one
+// accepts connections; it tries other ports when one was taken meanwhile.
+func startCommand(t *testing.T, n int, args func(addrs []string) []string) (*caddyProcess, []string) {
 	t.Helper()
 	bin := buildCaddy(t)
-	p := runCaddy(t, bin, t.TempDir(), append([]string{"ws-to-tcp"}, args...)...)
-	p.waitListening(t, addr, 30*time.Second)
-	return p
+	var p *caddyProcess
+	var addrs []string
+	withFreePorts(t, n, func(ports []int) error {
+		addrs = make([]string, n)
+		for i, port := range ports {
+			addrs[i] = fmt.Sprintf("127.0.0.1:%d", port)
+		}
+		p = runCaddy(t, bin, t.TempDir(), append([]string{"ws-to-tcp"}, args(addrs)...)...)
+		return p.waitListening(t, addrs[0])
+	})
+	return p, addrs
 }
 
 // runCommand runs the built binary to its end (within 30 s) and returns its
@@ -472,10 +484,11 @@ var wsDialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second}
 // <echo>` and goes through it; then checks it bound that address only and
 // that Ctrl-C stops it cleanly.
 func TestCommandRelays(t *testing.T) {
+	t.Parallel()
 	echo := echoUpstream(t)
-	port := freePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := startCommand(t, addr, "--listen", addr, "--to", echo.addr)
+	p, addrs := startCommand(t, 1, func(a []string) []string { return []string{"--listen", a[0], "--to", echo.addr} })
+	addr := addrs[0]
+	_, port, _ := net.SplitHostPort(addr)
 
 	for _, path := range []string{"/", "/websockify", "/any/path?token=x"} {
 		ws := dialWS(t, wsDialer, "ws://"+addr+path, nil)
@@ -506,11 +519,11 @@ func TestCommandRelays(t *testing.T) {
 
 	// 127.0.0.1 only: another loopback address of this machine is not
 	// served (it would be with a listener on all interfaces).
-	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.2:%d", port), 5*time.Second); err == nil {
+	if c, err := net.DialTimeout("tcp", "127.0.0.2:"+port, 5*time.Second); err == nil {
 		c.Close()
 		t.Errorf("--listen %s also accepts connections on 127.0.0.2: it should bind that address only", addr)
 	} else if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("dialing 127.0.0.2:%d: %v, want connection refused", port, err)
+		t.Errorf("dialing 127.0.0.2:%s: %v, want connection refused", port, err)
 	}
 
 	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
@@ -527,9 +540,10 @@ func TestCommandRelays(t *testing.T) {
 // TestCommandPositional runs websockify's form: caddy ws-to-tcp
 // 127.0.0.1:<port> <echo>.
 func TestCommandPositional(t *testing.T) {
+	t.Parallel()
 	echo := echoUpstream(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCommand(t, addr, addr, echo.addr)
+	_, addrs := startCommand(t, 1, func(a []string) []string { return []string{a[0], echo.addr} })
+	addr := addrs[0]
 	ws := dialWS(t, wsDialer, "ws://"+addr+"/websockify", nil)
 	wsRoundTrip(t, ws, []byte("positional form"))
 	wsRoundTrip(t, ws, bytes.Repeat([]byte{0, 1, 2, 0xff}, 20000))
@@ -538,6 +552,7 @@ func TestCommandPositional(t *testing.T) {
 // TestCommandWeb serves files with --web on the same listener as the
 // WebSocket, as websockify --web does for noVNC.
 func TestCommandWeb(t *testing.T) {
+	t.Parallel()
 	echo := echoUpstream(t)
 	dir := t.TempDir()
 	files := map[string]string{
@@ -555,8 +570,8 @@ func TestCommandWeb(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCommand(t, addr, "--listen", addr, "--to", echo.addr, "--web", dir)
+	_, addrs := startCommand(t, 1, func(a []string) []string { return []string{"--listen", a[0], "--to", echo.addr, "--web", dir} })
+	addr := addrs[0]
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	get := func(path string) (int, string, string) {
@@ -589,11 +604,14 @@ func TestCommandWeb(t *testing.T) {
 
 // TestCommandTLS serves wss:// with --cert and --key.
 func TestCommandTLS(t *testing.T) {
+	t.Parallel()
 	echo := echoUpstream(t)
 	dir := t.TempDir()
 	certFile, keyFile := writeServerCert(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startCommand(t, addr, "--listen", addr, "--to", echo.addr, "--cert", certFile, "--key", keyFile, "--test-page")
+	_, addrs := startCommand(t, 1, func(a []string) []string {
+		return []string{"--listen", a[0], "--to", echo.addr, "--cert", certFile, "--key", keyFile, "--test-page"}
+	})
+	addr := addrs[0]
 
 	pemBytes, err := os.ReadFile(certFile)
 	if err != nil {
@@ -634,10 +652,12 @@ func TestCommandTLS(t *testing.T) {
 
 // TestCommandSubprotocolsAndAdmin checks --subprotocol and --admin.
 func TestCommandSubprotocolsAndAdmin(t *testing.T) {
+	t.Parallel()
 	echo := echoUpstream(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startCommand(t, addr, "--listen", addr, "--to", echo.addr, "--subprotocol", "binary,base64", "--admin", admin)
+	p, addrs := startCommand(t, 2, func(a []string) []string {
+		return []string{"--listen", a[0], "--to", echo.addr, "--subprotocol", "binary,base64", "--admin", a[1]}
+	})
+	addr, admin := addrs[0], addrs[1]
 
 	_, resp, err := wsDialer.Dial("ws://"+addr+"/", http.Header{"Sec-WebSocket-Protocol": {"chat"}})
 	if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
@@ -690,6 +710,7 @@ func TestCommandSubprotocolsAndAdmin(t *testing.T) {
 // TestCommandHelp checks that --help describes every flag, both forms and
 // the examples.
 func TestCommandHelp(t *testing.T) {
+	t.Parallel()
 	out, code := runCommand(t, "--help")
 	if code != 0 {
 		t.Fatalf("--help: exit status %d\n%s", code, out)
@@ -712,6 +733,7 @@ func TestCommandHelp(t *testing.T) {
 // TestCommandBadUsage checks that mistakes end the command at once with a
 // clear message and a non-zero exit status.
 func TestCommandBadUsage(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		args []string
 		want string
@@ -738,10 +760,14 @@ func TestCommandBadUsage(t *testing.T) {
 // --origin are admitted.
 func TestCommandRebinding(t *testing.T) {
 	echo := echoUpstream(t)
-	port := freePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	startCommand(t, addr, "--listen", addr, "--to", echo.addr,
-		"--allowed-host", "vnc.home.arpa", "--origin", fmt.Sprintf("http://pc.lan:%d", port))
+	_, addrs := startCommand(t, 1, func(a []string) []string {
+		_, p, _ := net.SplitHostPort(a[0])
+		return []string{"--listen", a[0], "--to", echo.addr,
+			"--allowed-host", "vnc.home.arpa", "--origin", "http://pc.lan:" + p}
+	})
+	addr := addrs[0]
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
 	at := func(name string) http.Header {
 		hostport := fmt.Sprintf("%s:%d", name, port)
 		return http.Header{"Host": {hostport}, "Origin": {"http://" + hostport}}

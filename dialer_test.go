@@ -112,7 +112,7 @@ func TestDynamicTLSTargetServerName(t *testing.T) {
 				"proxy_protocol": "`+proxy+`"
 			}`)
 			h.targets.allow.lookup = fakeDNS(map[string][]string{"vnc.test": {"127.0.0.1"}})
-			srv := serveHandler(t, h)
+			srv := serveSlotsHandler(t, h)
 			c, status := wsDial(t, srv, "/?token=vm", "", nil, nil)
 			if status != 101 {
 				t.Fatalf("status %d, want 101 (the certificate is for vnc.test)", status)
@@ -298,7 +298,7 @@ func BenchmarkHandshake(b *testing.B) {
 		b.Run("proxy_protocol "+proxy, func(b *testing.B) {
 			h := provisioned(b, `{"upstreams": [{"dial": "`+echo.addr+`"}], "proxy_protocol": "`+proxy+`"}`)
 			h.logger = zap.NewNop() // a line per tunnel would be most of the cost
-			srv := serveHandler(b, h)
+			srv := serveSlotsHandler(b, h)
 			url := "ws" + strings.TrimPrefix(srv.URL, "http")
 			b.ReportAllocs()
 			for b.Loop() {

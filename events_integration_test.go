@@ -1,13 +1,10 @@
 package wstotcp
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -109,21 +106,6 @@ func noMoreEvents(t testing.TB) {
 	}
 }
 
-// startWithGlobals starts Caddy like startCaddy, with extra global options
-// (an events block, say) and the global log at level.
-func startWithGlobals(t *testing.T, globals, level, sites string) *testServer {
-	t.Helper()
-	return startCaddyWith(t, caddyOptions{globals: globals, logLevel: level}, sites)
-}
-
-// loadWithGlobals reloads sites like s.load, with extra global options and
-// the global log at level.
-func (s *testServer) loadWithGlobals(globals, level, sites string) {
-	s.t.Helper()
-	s.opts.globals, s.opts.logLevel = globals, level
-	s.load(sites)
-}
-
 const recordAllEvents = `	events {
 		on ws_to_tcp.connect ws_to_tcp_test_recorder
 		on ws_to_tcp.disconnect ws_to_tcp_test_recorder
@@ -199,7 +181,7 @@ func TestEventsConnectDisconnectRejectedAndLogLine(t *testing.T) {
 	}
 
 	// The log line of the same tunnel.
-	line := waitLogLine(t, s.logFile, "tunnel closed", id)
+	line := s.waitLogLine("tunnel closed", id)
 	for _, k := range []string{"conn_id", "remote_ip", "user", "upstream", "duration", "bytes_in", "bytes_out",
 		"close_code", "closed_by", "channel", "subprotocol", "messages_in", "messages_out"} {
 		if _, ok := line[k]; !ok {
@@ -231,51 +213,6 @@ func opsBasicAuth(user, pw string) string {
 	r, _ := http.NewRequest("GET", "/", nil)
 	r.SetBasicAuth(user, pw)
 	return r.Header.Get("Authorization")
-}
-
-// readFull reads n bytes from an upstream connection.
-func readFull(t testing.TB, c interface {
-	Read([]byte) (int, error)
-	SetReadDeadline(time.Time) error
-}, n int) []byte {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(ioTimeout))
-	b := make([]byte, n)
-	for k := 0; k < n; {
-		m, err := c.Read(b[k:])
-		if err != nil {
-			t.Fatalf("upstream read after %d of %d bytes: %v", k, n, err)
-		}
-		k += m
-	}
-	return b
-}
-
-// waitLogLine returns the JSON log line with this message and conn_id,
-// waiting for it to be written.
-func waitLogLine(t testing.TB, file, msg, connID string) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		f, err := os.Open(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg && m["conn_id"] == connID {
-				f.Close()
-				return m
-			}
-		}
-		f.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q log line for %s in %s", msg, connID, file)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // Events are per tunnel, never per message: 1000 messages each way give
@@ -386,17 +323,5 @@ func TestEventsAcrossReload(t *testing.T) {
 // goroutines, which log and emit after that, have ended.
 func waitTunnelGone(t testing.TB, id string) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		tunnels.Lock()
-		_, open := tunnels.m[id]
-		tunnels.Unlock()
-		if !open && relayGoroutines() == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tunnel %s still running", id)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "the end of tunnel "+id, func() bool { return findTunnel(id) == nil && relayGoroutines() == "" })
 }

@@ -14,11 +14,6 @@ import (
 // as Caddy does with GODEBUG=http2xconnect=1 (TestMain sets it). The admin
 // API's transport shows that it did.
 
-// tlsBrowser is Chromium trusting the test's self-signed certificate.
-func tlsBrowser(t *testing.T) *browser {
-	return newBrowser(t, chromedp.Flag("ignore-certificate-errors", true))
-}
-
 func TestTestPageOverHTTP2InChromium(t *testing.T) {
 	requireTools(t, "apt-get install -y chromium", chromiumPath)
 	echo := echoUpstream(t)
@@ -29,7 +24,7 @@ func TestTestPageOverHTTP2InChromium(t *testing.T) {
 	}
 }
 `, echo.addr))
-	b := tlsBrowser(t)
+	b := newBrowser(t) // the shared Chromium ignores certificate errors
 	b.screenshotOnFailure(t.Name())
 	b.do("loading the test page", 30*time.Second,
 		chromedp.Navigate(fmt.Sprintf("https://localhost:%d/relay", s.httpsPort)),
@@ -78,7 +73,7 @@ func TestNoVNCOverHTTP2InChromium(t *testing.T) {
 	file_server
 }
 `, noVNCDir, vnc.rfbPort))
-	b := tlsBrowser(t)
+	b := newBrowser(t) // the shared Chromium ignores certificate errors
 	b.screenshotOnFailure(t.Name())
 	url := fmt.Sprintf("https://localhost:%d/vnc.html?autoconnect=true&encrypt=1&host=localhost&port=%d&path=websockify&resize=off",
 		s.httpsPort, s.httpsPort)

@@ -2,6 +2,7 @@ package wstotcp
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -14,37 +15,12 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
-
-// TestMain runs the tests with GODEBUG=http2xconnect=1, as the README says
-// to run Caddy for WebSockets over HTTP/2: Go's HTTP/2 server reads it from
-// the environment once, at start, so the test binary starts itself again
-// with it set.
-func TestMain(m *testing.M) {
-	if !http2ExtendedConnect() {
-		exe, err := os.Executable()
-		if err == nil {
-			// One GODEBUG entry: with two, the first would win.
-			var env []string
-			for _, kv := range os.Environ() {
-				if !strings.HasPrefix(kv, "GODEBUG=") {
-					env = append(env, kv)
-				}
-			}
-			godebug := strings.Trim(os.Getenv("GODEBUG")+",http2xconnect=1", ",")
-			err = syscall.Exec(exe, os.Args, append(env, "GODEBUG="+godebug))
-		}
-		fmt.Fprintln(os.Stderr, "restarting the tests with GODEBUG=http2xconnect=1:", err)
-		os.Exit(2)
-	}
-	os.Exit(m.Run())
-}
 
 // streamDialer opens WebSockets over one HTTP/2 or HTTP/3 connection.
 type streamDialer interface {
@@ -79,7 +55,7 @@ func startTLSSite(t *testing.T, sites string) *tlsSite {
 	site.testServer = startCaddyWith(t, caddyOptions{globals: fmt.Sprintf("https_port %d\n\tgrace_period 10s", port)},
 		site.expand.Replace(sites))
 	// The listeners are up when Load returns; this checks the handshake.
-	waitFor(t, ioTimeout, "the site's certificate", func() bool {
+	eventually(t, "the site's certificate", func() bool {
 		c, err := tls.Dial("tcp", site.addr, testTLS("h2"))
 		if err == nil {
 			c.Close()
@@ -331,7 +307,9 @@ func TestExtendedConnectNodeHTTP2(t *testing.T) {
 	base := fmt.Sprintf("https://localhost:%d", s.httpsPort)
 	run := func(args ...string) map[string]any {
 		t.Helper()
-		cmd := exec.CommandContext(withTimeout(t, 2*ioTimeout), node, append([]string{"testdata/node/h2ws.mjs", base}, args...)...)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*ioTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, node, append([]string{"testdata/node/h2ws.mjs", base}, args...)...)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
@@ -442,7 +420,7 @@ func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
 	// stream window is 4 MiB (x/net's client), frame headers included.
 	var stalledID string
 	var most int64
-	waitFor(t, ioTimeout, "the stalled tunnel to fill its window", func() bool {
+	eventually(t, "the stalled tunnel to fill its window", func() bool {
 		for _, ci := range s.listConns("") {
 			stalledID = ci.ID
 			most = max(most, ci.BytesOut)
@@ -602,7 +580,7 @@ func TestExtendedConnectOffIsLoggedOnce(t *testing.T) {
 	s := startTLSSite(t, site)
 	s.load(site + "\n")
 	n := 0
-	for _, m := range jsonLogLines(t, s.logFile) {
+	for _, m := range s.logLines("") {
 		if msg, _ := m["msg"].(string); strings.HasPrefix(msg, "HTTP/2 extended CONNECT is off") {
 			n++
 			if m["level"] != "info" {

@@ -144,7 +144,7 @@ func serveHandshake(tb testing.TB, h *Handler, r *http.Request, w *hijackRecorde
 	default:
 		res.status = w.Code
 	}
-	waitFor(tb, 10*time.Second, "the handshake's tunnel to end", func() bool {
+	eventually(tb, "the handshake's tunnel to end", func() bool {
 		tunnels.Lock()
 		defer tunnels.Unlock()
 		return len(tunnels.m) == 0

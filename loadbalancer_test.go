@@ -226,7 +226,7 @@ func TestPassiveTransitions(t *testing.T) {
 		t.Fatal("up after 2 failures")
 	}
 	h.countFailure(s, errors.New("refused"))
-	waitFor(t, 5*time.Second, "the failures to expire", s.up.Load)
+	eventually(t, "the failures to expire", s.up.Load)
 	if metricValue(t, "127.0.0.1:19091") != 1 {
 		t.Fatal("metric not back to 1")
 	}

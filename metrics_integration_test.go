@@ -85,17 +85,15 @@ func wantDelta(t testing.TB, when string, base, now map[string]float64, deltas m
 	}
 }
 
-// waitMetrics scrapes until ok accepts the samples.
-func (s *testServer) waitMetrics(ok func(map[string]float64) bool) map[string]float64 {
+// waitMetrics scrapes until ok accepts the samples, and returns them.
+func (s *testServer) waitMetrics(what string, ok func(map[string]float64) bool) map[string]float64 {
 	s.t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		m := s.metrics()
-		if ok(m) || time.Now().After(deadline) {
-			return m
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var m map[string]float64
+	eventually(s.t, "metrics "+what, func() bool {
+		m = s.metrics()
+		return ok(m)
+	})
+	return m
 }
 
 // The metrics count across a config reload: a tunnel opened before it is
@@ -139,7 +137,7 @@ func TestMetricsAcrossReload(t *testing.T) {
 	}
 	// Open tunnels' traffic shows at scrape time (counted just after the
 	// writes, hence the wait).
-	open := s.waitMetrics(func(m map[string]float64) bool {
+	open := s.waitMetrics("of the open tunnel", func(m map[string]float64) bool {
 		return m[mBytesIn]-base[mBytesIn] == 7 && m[mBytesOut]-base[mBytesOut] == 5
 	})
 	wantDelta(t, "tunnel open", base, open, map[string]float64{mActive: 1, mDials: 1,
@@ -179,7 +177,7 @@ func TestMetricsAcrossReload(t *testing.T) {
 	expectClose(t, c, ioTimeout)
 	readEOF(t, uc, ioTimeout)
 	uc.Close()
-	closed := s.waitMetrics(func(m map[string]float64) bool {
+	closed := s.waitMetrics("after the close", func(m map[string]float64) bool {
 		return m[mActive]-base[mActive] == 1 && m[mTotal("client")] > base[mTotal("client")]
 	})
 	wantDelta(t, "after the close", base, closed, map[string]float64{mActive: 1, mDials: 2,
@@ -197,6 +195,6 @@ func TestMetricsAcrossReload(t *testing.T) {
 	s.adminOK("DELETE", "/ws_to_tcp/connections", "", nil, &res)
 	expectClose(t, c2, ioTimeout)
 	c2.Close()
-	end := s.waitMetrics(func(m map[string]float64) bool { return m[mActive] == base[mActive] })
+	end := s.waitMetrics("with all closed", func(m map[string]float64) bool { return m[mActive] == base[mActive] })
 	wantDelta(t, "all closed", base, end, map[string]float64{mActive: 0, mTotal("client"): 1, mTotal("server"): 1})
 }

@@ -41,7 +41,23 @@ type vncServer struct {
 // (SIGTERM to its PID, then SIGKILL) when the test ends.
 func startVNCServer(t *testing.T) *vncServer {
 	t.Helper()
-	v := &vncServer{rfbPort: freePort(t)}
+	v := &vncServer{}
+	withFreePorts(t, 1, func(ports []int) error {
+		v.rfbPort = ports[0]
+		return v.start(t)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if b, err := exec.CommandContext(ctx, xsetrootBin, "-display", v.display, "-mod", "5", "7", "-fg", "#ff0000", "-bg", "#0000ff").CombinedOutput(); err != nil {
+		t.Fatalf("xsetroot -display %s -mod 5 7 -fg red -bg blue: %v\n%s", v.display, err, b)
+	}
+	return v
+}
+
+// start runs Xtigervnc on v.rfbPort and waits until it reports its display
+// and accepts RFB connections; an error if it exits first (its port taken
+// meanwhile, say).
+func (v *vncServer) start(t *testing.T) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +83,14 @@ func startVNCServer(t *testing.T) *vncServer {
 	w.Close()
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	exited := func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM) // only the process this test started
 		select {
@@ -88,35 +112,25 @@ func startVNCServer(t *testing.T) *vncServer {
 	select {
 	case d := <-display:
 		if _, err := strconv.Atoi(d); err != nil {
-			t.Fatalf("Xtigervnc did not report a display (got %q):\n%s", d, out.String())
+			return fmt.Errorf("Xtigervnc did not report a display (got %q):\n%s", d, out.String())
 		}
 		v.display = ":" + d
 	case <-done:
-		t.Fatalf("Xtigervnc exited at start:\n%s", out.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("Xtigervnc reported no display within 30s:\n%s", out.String())
+		return fmt.Errorf("Xtigervnc exited at start:\n%s", out.String())
+	case <-time.After(ioTimeout):
+		t.Fatalf("Xtigervnc reported no display within %v:\n%s", ioTimeout, out.String())
 	}
-
-	// The RFB port: poll until it accepts, bounded.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, fmt.Sprintf("Xtigervnc's RFB port %d to accept connections", v.rfbPort), func() bool {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", v.rfbPort), time.Second)
 		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Xtigervnc's RFB port %d is not accepting after 30s: %v\n%s", v.rfbPort, err, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return err == nil || exited()
+	})
+	if exited() {
+		return fmt.Errorf("Xtigervnc exited:\n%s", out.String())
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if b, err := exec.CommandContext(ctx, xsetrootBin, "-display", v.display, "-mod", "5", "7", "-fg", "#ff0000", "-bg", "#0000ff").CombinedOutput(); err != nil {
-		t.Fatalf("xsetroot -display %s -mod 5 7 -fg red -bg blue: %v\n%s", v.display, err, b)
-	}
-	return v
+	return nil
 }
 
 // TestNoVNCEndToEnd serves noVNC and its WebSocket from one Caddy site,

@@ -12,6 +12,7 @@ import (
 )
 
 func TestOriginPatternMatch(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		pattern string
 		yes, no []string
@@ -63,6 +64,7 @@ func TestOriginPatternMatch(t *testing.T) {
 }
 
 func TestOriginPatternErrors(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ pattern, want string }{
 		{"example.com", "scheme://host"},
 		{"*.example.com", "scheme://host"},
@@ -99,6 +101,7 @@ func TestOriginPatternErrors(t *testing.T) {
 }
 
 func TestOriginPolicyAllowed(t *testing.T) {
+	t.Parallel()
 	// req is a request over TLS unless its Host is an IP address, so that
 	// the host names are trusted (see TestSameOriginHostRebinding).
 	req := func(host string, origins ...string) *http.Request {

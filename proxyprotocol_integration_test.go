@@ -39,11 +39,11 @@ func startNginx(t *testing.T, n int, ret string) *nginxServer {
 	requireTools(t, "apt-get install -y nginx libnginx-mod-stream", bin, nginxStreamModule)
 	dir := t.TempDir()
 	ng := &nginxServer{accessLog: filepath.Join(dir, "access.log")}
-	for attempt := 0; ; attempt++ {
+	withFreePorts(t, n, func(ports []int) error {
 		ng.addrs = nil
 		var servers strings.Builder
-		for range n {
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		for _, port := range ports {
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
 			ng.addrs = append(ng.addrs, addr)
 			fmt.Fprintf(&servers, "\tserver {\n\t\tlisten %s proxy_protocol;\n\t\treturn %q;\n\t}\n", addr, ret)
 		}
@@ -70,50 +70,49 @@ stream {
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("starting nginx: %v", err)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if ng.ready(exited) {
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				<-exited
-				if t.Failed() {
-					b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-					t.Logf("nginx's error log:\n%s", b)
-				}
-			})
-			return ng
-		}
-		cmd.Process.Kill()
-		<-exited
-		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-		if attempt == 3 || !strings.Contains(string(b)+out.String(), "in use") {
-			t.Fatalf("nginx did not start: %s\n%s", out, b)
-		}
-	}
-}
-
-// ready waits (at most 15 s) until every server accepts connections, or
-// nginx exits.
-func (ng *nginxServer) ready(exited <-chan error) bool {
-	deadline := time.Now().Add(15 * time.Second)
-	for _, addr := range ng.addrs {
-		for {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		exited := func() bool {
 			select {
-			case <-exited:
-				return false
-			case <-time.After(10 * time.Millisecond):
-			}
-			if time.Now().After(deadline) {
+			case <-done:
+				return true
+			default:
 				return false
 			}
 		}
-	}
-	return true
+		t.Cleanup(func() {
+			if !exited() {
+				cmd.Process.Kill() // only the process this test started
+				<-done
+			}
+		})
+		// every server accepts connections, or nginx has exited
+		eventually(t, "nginx's stream servers to accept connections", func() bool {
+			if exited() {
+				return true
+			}
+			for _, addr := range ng.addrs {
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					return false
+				}
+				c.Close()
+			}
+			return true
+		})
+		if exited() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			return fmt.Errorf("nginx did not start: %s\n%s", out, b)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+				t.Logf("nginx's error log:\n%s", b)
+			}
+		})
+		return nil
+	})
+	return ng
 }
 
 // sessions counts the lines of nginx's stream access log.
@@ -212,13 +211,7 @@ func TestProxyProtocolHealthCheckNginx(t *testing.T) {
 	e := nextEvent(t, eventUpstreamDown, ioTimeout)
 	wantData(t, eventUpstreamDown, e, map[string]any{"upstream": ng.addrs[2]})
 	// Wait for checks of all three, logged by nginx when they end.
-	deadline := time.Now().Add(ioTimeout)
-	for len(ng.sessions()) < 12 {
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx logged %d sessions", len(ng.sessions()))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "12 sessions in nginx's log", func() bool { return len(ng.sessions()) >= 12 })
 	noMoreEvents(t)
 	ups := s.upstreamsOf()
 	if !ups[ng.addrs[0]].Healthy || !ups[ng.addrs[1]].Healthy || ups[ng.addrs[0]].Fails != 0 || ups[ng.addrs[1]].Fails != 0 {

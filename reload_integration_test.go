@@ -1,7 +1,11 @@
 package wstotcp
 
 import (
+	"bytes"
+	"io"
+	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -32,7 +36,7 @@ func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	s := startCaddy(t, `{HTTP} {
 	ws_to_tcp `+up.addr+` {
-		reload_close_after 500ms
+		reload_close_after 100ms
 	}
 }`)
 	c := s.dial("/", nil)
@@ -40,10 +44,9 @@ func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 	uc := up.accept(t)
 	roundTrip(t, c, uc, "before reload")
 
-	reloaded := time.Now()
 	s.load(`{HTTP} {
 	ws_to_tcp ` + up.addr + ` {
-		reload_close_after 500ms
+		reload_close_after 100ms
 	}
 	header X-Config 2
 }`)
@@ -54,9 +57,49 @@ func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 	if code := expectClose(t, c, ioTimeout); code != websocket.CloseGoingAway {
 		t.Fatalf("close %d, want 1001", code)
 	}
-	if el := time.Since(reloaded); el < 450*time.Millisecond {
-		t.Fatalf("closed %v after the reload, before reload_close_after", el)
-	}
 	readEOFOrReset(t, uc)
 	roundTrip(t, c2, uc2, "the new config's tunnel is open")
+}
+
+// reload_close_after, in virtual time: on an unload that is a reload, the
+// handler's tunnels get Close 1001 exactly reload_close_after later, and
+// those of other handlers (the new configuration's) stay.
+func TestReloadCloseAfterTiming(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		old := provisioned(t, `{"upstreams": [{"dial": "127.0.0.1:9"}], "reload_close_after": "30s"}`)
+		current := provisioned(t, `{"upstreams": [{"dial": "127.0.0.1:9"}]}`)
+		open := func(h *Handler) (*tunnel, net.Conn) {
+			client, clientSide := net.Pipe()
+			upSide, upstream := net.Pipe()
+			t.Cleanup(func() { client.Close(); upstream.Close() })
+			go io.Copy(io.Discard, upstream)
+			tn := newTunnel(h, "127.0.0.1:9", "", "192.0.2.1", transportHTTP1)
+			tn.start(clientSide, upSide)
+			return tn, client
+		}
+		oldTunnel, oldClient := open(old)
+		curTunnel, _ := open(current)
+		start := time.Now()
+		if err := old.Cleanup(); err != nil { // a reload: caddy.Exiting() is false
+			t.Fatal(err)
+		}
+		time.Sleep(30*time.Second - time.Nanosecond)
+		synctest.Wait()
+		if oldTunnel.Ending() {
+			t.Fatalf("closing %v after the reload, before reload_close_after", time.Since(start))
+		}
+		want := append([]byte{0x88, 24, 0x03, 0xE9}, "configuration reloaded"...)
+		frame := make([]byte, len(want))
+		if _, err := io.ReadFull(oldClient, frame); err != nil || !bytes.Equal(frame, want) {
+			t.Fatalf("the old tunnel's client got %q (%v), want Close 1001 %q", frame, err, want)
+		}
+		if el := time.Since(start); el != 30*time.Second {
+			t.Fatalf("Close after %v, want reload_close_after (30s)", el)
+		}
+		synctest.Wait()
+		if curTunnel.Ending() {
+			t.Fatal("the new configuration's tunnel is closing too")
+		}
+	})
 }

@@ -186,10 +186,10 @@ func TestConnLimitsConcurrent(t *testing.T) {
 	}
 }
 
-// serveHandler serves h as Caddy would, without booting Caddy: each
+// serveSlotsHandler serves h as Caddy would, without booting Caddy: each
 // request prepared as the HTTP app prepares it, a handler error answered
 // with its status (and the headers the handler set).
-func serveHandler(t testing.TB, h *Handler) *httptest.Server {
+func serveSlotsHandler(t testing.TB, h *Handler) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		serveOnce(h, w, r)
@@ -238,18 +238,6 @@ func wsDial(t testing.TB, srv *httptest.Server, path, token string, protocols []
 	return nil, resp.StatusCode
 }
 
-// refusedAddr returns a loopback address where nothing listens.
-func refusedAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // wsRequest is a well-formed WebSocket handshake for a direct ServeHTTP
 // call, from 127.0.0.1 (the clients' IP in TestSlotsEveryExitPath).
 func wsRequest(ctx context.Context, token string) *http.Request {
@@ -285,7 +273,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 			"subprotocols": ["binary"],
 			"preamble": "{http.request.header.X-Login}"
 		}`)
-		srv := serveHandler(t, h)
+		srv := serveSlotsHandler(t, h)
 		refused1, refused2, up := h.lb.states[0], h.lb.states[1], h.lb.states[2]
 
 		// want checks the counts: total (and per IP), alice's, bob's, the
@@ -302,7 +290,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 		// settled waits for tunnels to end and give their slots back.
 		settled := func(step string, total, aliceN, bobN, upN int) {
 			t.Helper()
-			waitFor(t, 10*time.Second, step, func() bool {
+			eventually(t, step, func() bool {
 				gotTotal, _, _ := h.limits.counts(ip, "")
 				return gotTotal == total && up.active.Load() == int64(upN)
 			})
@@ -408,7 +396,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 		echo := echoUpstream(t)
 		h := provisioned(t, `{"upstreams": [{"dial": "`+echo.addr+`"}],
 			"max_connections_per_upstream": 1, "max_connections": 5}`)
-		srv := serveHandler(t, h)
+		srv := serveSlotsHandler(t, h)
 		up := h.lb.states[0]
 		c, status := wsDial(t, srv, "/", "", nil, nil)
 		if status != 101 {
@@ -421,7 +409,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 			t.Fatalf("after the refusal: total %d, upstream %d; want 1 1", total, up.active.Load())
 		}
 		c.Close()
-		waitFor(t, 10*time.Second, "the tunnel's slots", func() bool {
+		eventually(t, "the tunnel's slots", func() bool {
 			total, _, _ := h.limits.counts(ip, "")
 			return total == 0 && up.active.Load() == 0
 		})
@@ -438,7 +426,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 			"max_connections": 4, "max_connections_per_ip": 4
 		}`)
 		h.targets.allow.lookup = fakeDNS(nil)
-		srv := serveHandler(t, h)
+		srv := serveSlotsHandler(t, h)
 		want := func(step string, n int) {
 			t.Helper()
 			if total, perIP, _ := h.limits.counts(ip, ""); total != n || perIP != n {
@@ -475,7 +463,7 @@ func TestSlotsEveryExitPath(t *testing.T) {
 		want("second tunnel", 2)
 		c.Close()
 		held.Close()
-		waitFor(t, 10*time.Second, "the tunnels' slots", func() bool {
+		eventually(t, "the tunnels' slots", func() bool {
 			total, _, _ := h.limits.counts(ip, "")
 			return total == 0
 		})

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap"
@@ -526,78 +527,184 @@ func (f *fakeSource) get(ctx context.Context, tok string) (target, error) {
 
 // TestRemoteLookupCoalescedAndBounded: concurrent lookups of one token
 // make one request; a slow source is bounded by the timeout and holds up
-// neither other tokens nor a client that gives up.
+// neither other tokens nor a client that gives up. In virtual time: "at
+// once" is exactly no time.
 func TestRemoteLookupCoalescedAndBounded(t *testing.T) {
-	release := make(chan struct{})
-	src := &fakeSource{fn: func(ctx context.Context, tok string) (target, error) {
-		switch tok {
-		case "slow":
-			select {
-			case <-release:
-				return target{host: "127.0.0.1", port: 5900}, nil
-			case <-ctx.Done():
-				return target{}, ctx.Err()
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		src := &fakeSource{fn: func(ctx context.Context, tok string) (target, error) {
+			switch tok {
+			case "slow":
+				select {
+				case <-release:
+					return target{host: "127.0.0.1", port: 5900}, nil
+				case <-ctx.Done():
+					return target{}, ctx.Err()
+				}
+			case "fast":
+				return target{host: "127.0.0.1", port: 5901}, nil
 			}
-		case "fast":
-			return target{host: "127.0.0.1", port: 5901}, nil
-		}
-		return target{}, errUnknownToken
-	}}
-	rt := &targetResolver{ctx: context.Background(), logger: zap.NewNop(), timeout: 5 * time.Second,
-		remote: []targetSource{src}, cache: newTargetCache(time.Minute)}
+			return target{}, errUnknownToken
+		}}
+		rt := &targetResolver{ctx: context.Background(), logger: zap.NewNop(), timeout: 5 * time.Second,
+			remote: []targetSource{src}, cache: newTargetCache(time.Minute)}
 
-	var wg sync.WaitGroup
-	results := make(chan error, 10)
-	for i := 0; i < 10; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _, err := rt.lookup(context.Background(), "slow")
-			results <- err
-		}()
-	}
-	// the slow lookup is pending: another token is answered at once
-	start := time.Now()
-	if tg, _, err := rt.lookup(context.Background(), "fast"); err != nil || tg.port != 5901 {
-		t.Fatalf("fast: %v %v", tg, err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("fast token took %v behind a slow one", d)
-	}
-	// a client that gives up is not held
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	if _, _, err := rt.lookup(ctx, "slow"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("client deadline: %v", err)
-	}
-	cancel()
-	close(release)
-	wg.Wait()
-	close(results)
-	for err := range results {
-		if err != nil {
-			t.Errorf("slow: %v", err)
+		var wg sync.WaitGroup
+		results := make(chan error, 10)
+		for range 10 {
+			wg.Go(func() {
+				_, _, err := rt.lookup(context.Background(), "slow")
+				results <- err
+			})
 		}
-	}
-	if n := src.calls.Load(); n > 3 { // 1 slow (maybe 2 if a goroutine was late) + 1 fast
-		t.Errorf("%d source calls for 11 lookups of 2 tokens", n)
-	}
-	// cached now
-	before := src.calls.Load()
-	if _, source, err := rt.lookup(context.Background(), "slow"); err != nil || !strings.Contains(source, "cached") {
-		t.Errorf("cached lookup: %q %v", source, err)
-	}
-	if src.calls.Load() != before {
-		t.Error("a cached token was looked up again")
-	}
+		synctest.Wait() // all ten wait for the one slow request
+		// the slow lookup is pending: another token is answered at once
+		start := time.Now()
+		if tg, _, err := rt.lookup(context.Background(), "fast"); err != nil || tg.port != 5901 {
+			t.Fatalf("fast: %v %v", tg, err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("fast token took %v behind a slow one", d)
+		}
+		// a client that gives up is not held
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		if _, _, err := rt.lookup(ctx, "slow"); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != 50*time.Millisecond {
+			t.Errorf("client deadline: %v after %v, want the deadline at 50ms", err, time.Since(start))
+		}
+		cancel()
+		close(release)
+		wg.Wait()
+		close(results)
+		for err := range results {
+			if err != nil {
+				t.Errorf("slow: %v", err)
+			}
+		}
+		if n := src.calls.Load(); n != 2 {
+			t.Errorf("%d source calls for 12 lookups of 2 tokens, want 2", n)
+		}
+		// cached now
+		if _, source, err := rt.lookup(context.Background(), "slow"); err != nil || !strings.Contains(source, "cached") {
+			t.Errorf("cached lookup: %q %v", source, err)
+		}
+		if n := src.calls.Load(); n != 2 {
+			t.Error("a cached token was looked up again")
+		}
 
-	// the timeout bounds a source that never answers
-	hang := &fakeSource{fn: func(ctx context.Context, _ string) (target, error) { <-ctx.Done(); return target{}, ctx.Err() }}
-	rt = &targetResolver{ctx: context.Background(), logger: zap.NewNop(), timeout: 100 * time.Millisecond, remote: []targetSource{hang}}
-	start = time.Now()
-	_, _, err := rt.lookup(context.Background(), "x")
-	if err == nil || errors.Is(err, errUnknownToken) || time.Since(start) > 3*time.Second {
-		t.Errorf("hanging source: %v after %v", err, time.Since(start))
-	}
+		// the timeout bounds a source that never answers
+		hang := &fakeSource{fn: func(ctx context.Context, _ string) (target, error) { <-ctx.Done(); return target{}, ctx.Err() }}
+		rt = &targetResolver{ctx: context.Background(), logger: zap.NewNop(), timeout: 100 * time.Millisecond, remote: []targetSource{hang}}
+		start = time.Now()
+		_, _, err := rt.lookup(context.Background(), "x")
+		if err == nil || errors.Is(err, errUnknownToken) || time.Since(start) != 100*time.Millisecond {
+			t.Errorf("hanging source: %v after %v, want a failure at the 100ms timeout", err, time.Since(start))
+		}
+	})
+}
+
+// TestTargetsCacheTTL: within cache_ttl a token is looked up once; from
+// the TTL on, again; unknown tokens are not cached; cache_ttl 0 asks every
+// time. A handler's resolver, with its source replaced, in virtual time.
+func TestTargetsCacheTTL(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var late atomic.Bool
+		src := &fakeSource{fn: func(_ context.Context, tok string) (target, error) {
+			if tok == "late" && !late.Load() {
+				return target{}, errUnknownToken
+			}
+			return target{host: "127.0.0.1", port: 5900}, nil
+		}}
+		resolver := func(ttl string) func(tok string) int {
+			h := provisioned(t, `{"targets": {"http": "http://127.0.0.1:9/lookup", "cache_ttl": "`+ttl+`"}}`)
+			h.targets.remote = []targetSource{src}
+			return func(tok string) int {
+				_, err := h.resolveTarget(targetRequest(t, "/?token="+tok, nil))
+				return handlerErrorStatus(err)
+			}
+		}
+		calls := func(want int32, when string) {
+			t.Helper()
+			if n := src.calls.Swap(0); n != want {
+				t.Errorf("%s: %d lookups, want %d", when, n, want)
+			}
+		}
+		resolve := resolver("500ms")
+		resolve("cached")
+		calls(1, "the first handshake")
+		time.Sleep(499 * time.Millisecond)
+		resolve("cached")
+		calls(0, "within cache_ttl")
+		time.Sleep(time.Millisecond)
+		resolve("cached")
+		calls(1, "at cache_ttl")
+		if st := resolve("late"); st != http.StatusNotFound {
+			t.Fatalf("unknown token: %d", st)
+		}
+		late.Store(true)
+		if st := resolve("late"); st != 0 {
+			t.Fatalf("a token known since: %d, want it found (unknown tokens are not cached)", st)
+		}
+		calls(2, "an unknown token, then known")
+
+		resolve = resolver("0")
+		for range 3 {
+			resolve("uncached")
+		}
+		calls(3, "cache_ttl 0, 3 handshakes")
+	})
+}
+
+// TestTargetsFileEditPicked: an edit of the token file is seen by the
+// first lookup a second or more after the last check, without a reload.
+func TestTargetsFileEditPicked(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		tokenFile := filepath.Join(t.TempDir(), "tokens")
+		write := func(content string, mtime time.Time) {
+			t.Helper()
+			if err := os.WriteFile(tokenFile, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// an explicit, distinct modification time: the file system's
+			// timestamp granularity does not matter
+			if err := os.Chtimes(tokenFile, mtime, mtime); err != nil {
+				t.Fatal(err)
+			}
+		}
+		base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+		write("vm: 127.0.0.1:5901\n", base)
+		js, _ := json.Marshal(map[string]any{"targets": map[string]any{"file": tokenFile}})
+		h := provisioned(t, string(js))
+		resolve := func(tok string) string {
+			u, err := h.resolveTarget(targetRequest(t, "/?token="+tok, nil))
+			if err != nil {
+				return fmt.Sprint(handlerErrorStatus(err))
+			}
+			return u.Dial
+		}
+		if got := resolve("vm"); got != "127.0.0.1:5901" {
+			t.Fatalf("vm: %s", got)
+		}
+		if got := resolve("vm-new"); got != "404" {
+			t.Fatalf("vm-new before the edit: %s", got)
+		}
+
+		// the same token now leads elsewhere, and a new one appears
+		write("vm: 127.0.0.1:5902\nvm-new: 127.0.0.1:5903\n", base.Add(time.Minute))
+		time.Sleep(fileCheckInterval - time.Millisecond)
+		if got := resolve("vm-new"); got != "404" {
+			t.Fatalf("vm-new within a second of the last check: %s", got)
+		}
+		time.Sleep(time.Millisecond)
+		if got := resolve("vm-new"); got != "127.0.0.1:5903" {
+			t.Fatalf("vm-new a second after the last check: %s", got)
+		}
+		if got := resolve("vm"); got != "127.0.0.1:5902" {
+			t.Fatalf("vm after the edit: %s", got)
+		}
+	})
 }
 
 func TestRemoteLookupPanicIsAFailure(t *testing.T) {

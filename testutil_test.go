@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,4 +46,94 @@ func handlerErrorStatus(err error) int {
 		return he.StatusCode
 	}
 	return 0
+}
+
+// The handler tier: a Handler without Caddy.
+
+// handlerServer serves one provisioned Handler without Caddy: net/http's
+// server on a loopback port, each request prepared as Caddy's server
+// prepares it (caddyhttp.PrepareRequest, as reverse_proxy's own tests do),
+// a handler error answered with its status, and a request the handler
+// passes on answered 200 "next handler". Such tests run in parallel.
+type handlerServer struct {
+	wsEndpoint
+	h *Handler
+}
+
+// nextHandlerBody is what the next handler answers.
+const nextHandlerBody = "next handler"
+
+// Headers a handler test sets to stand for what earlier handlers of a
+// Caddy route do.
+const (
+	// testUserHeader sets http.auth.user.id, as basic_auth or forward_auth
+	// would.
+	testUserHeader = "X-Test-User"
+	// testClientIPHeader sets Caddy's client IP, as the server does from
+	// X-Forwarded-For sent by a trusted proxy.
+	testClientIPHeader = "X-Test-Client-Ip"
+)
+
+// serveHandler serves h until the test ends; then it waits for h's
+// tunnels to end (the test has closed its clients) and cleans h up, as
+// an unload would.
+func serveHandler(t testing.TB, h *Handler) *handlerServer {
+	t.Helper()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Length", fmt.Sprint(len(nextHandlerBody)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			w.Write([]byte(nextHandlerBody))
+		}
+		return nil
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		repl := caddy.NewReplacer()
+		r = caddyhttp.PrepareRequest(r, repl, w, &caddyhttp.Server{})
+		if user := r.Header.Get(testUserHeader); user != "" {
+			repl.Set("http.auth.user.id", user)
+		}
+		if ip := r.Header.Get(testClientIPHeader); ip != "" {
+			caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, ip)
+		}
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			status := handlerErrorStatus(err)
+			if status == 0 {
+				status = http.StatusInternalServerError
+			}
+			w.WriteHeader(status)
+		}
+	}))
+	hs := &handlerServer{wsEndpoint: wsEndpoint{t: t, host: strings.TrimPrefix(srv.URL, "http://")}, h: h}
+	t.Cleanup(func() {
+		srv.Close()
+		hs.waitTunnels(0)
+		h.Cleanup()
+	})
+	return hs
+}
+
+// serveJSON provisions a handler from its JSON and serves it.
+func serveJSON(t testing.TB, js string) *handlerServer {
+	t.Helper()
+	return serveHandler(t, provisioned(t, js))
+}
+
+// handlerTunnels counts the registered tunnels of h.
+func handlerTunnels(h *Handler) int {
+	tunnels.Lock()
+	defer tunnels.Unlock()
+	n := 0
+	for _, t := range tunnels.m {
+		if t.h == h {
+			n++
+		}
+	}
+	return n
+}
+
+// waitTunnels waits until the handler has n tunnels registered.
+func (s *handlerServer) waitTunnels(n int) {
+	s.t.Helper()
+	eventually(s.t, fmt.Sprintf("%d tunnels of the handler", n), func() bool { return handlerTunnels(s.h) == n })
 }

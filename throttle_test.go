@@ -5,6 +5,7 @@ import (
 )
 
 func TestParseRate(t *testing.T) {
+	t.Parallel()
 	good := map[string]int64{
 		"512kbps": 64000, "10Mbps": 1250000, "1Gbps": 125000000, "8bps": 1, "1mbps": 125000,
 		"2MiB/s": 2 << 20, "64KiB/s": 64 << 10, "1GiB/s": 1 << 30, "1000B/s": 1000, "1.5MB/s": 1500000,

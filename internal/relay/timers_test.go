@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -64,7 +65,11 @@ func TestHeartbeatTimeoutCloses1008(t *testing.T) {
 		cfg := testConfig(func(c *Config) { c.HeartbeatInterval, c.HeartbeatTimeout = time.Second, 3*time.Second })
 		start := time.Now()
 		_, ended := started(cfg, clientSide, upSide, false)
-		go io.Copy(io.Discard, upstream)
+		upEOF := make(chan time.Time, 1)
+		go func() {
+			io.Copy(io.Discard, upstream)
+			upEOF <- time.Now()
+		}()
 
 		fr := &frameReader{c: client}
 		// Pings every second while the first is unanswered; the client
@@ -78,6 +83,10 @@ func TestHeartbeatTimeoutCloses1008(t *testing.T) {
 		op, p := fr.next(t)
 		if op != wsframe.OpClose || closeCode(p) != wsframe.ClosePolicyViolation || time.Since(start) != 4*time.Second {
 			t.Fatalf("op %d code %d at %v, want Close 1008 at 4s", op, closeCode(p), time.Since(start))
+		}
+		// and the upstream is closed then, not after the closing grace
+		if at := <-upEOF; at.Sub(start) != 4*time.Second {
+			t.Fatalf("upstream closed at %v, want 4s", at.Sub(start))
 		}
 		client.Close()
 		if e := <-ended; e.Code != wsframe.ClosePolicyViolation || e.By != ByServer {
@@ -205,32 +214,131 @@ func TestThrottlePacesBothWays(t *testing.T) {
 	})
 }
 
-func TestLimiterPacesAndStops(t *testing.T) {
+// A client that accepts nothing is dropped exactly write_timeout after the
+// write that it stopped taking, and its upstream is closed.
+func TestWriteTimeoutDropsStuckClient(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		l := newLimiter(1000, 100, 32<<10) // 1000 B/s, burst 100
-		done := make(chan struct{})
+		client, clientSide := net.Pipe() // the client never reads
+		upSide, upstream := net.Pipe()
+		cfg := testConfig(func(c *Config) { c.WriteTimeout = 5 * time.Second })
 		start := time.Now()
-		for range 3 { // 300 bytes: the first 100 at once, 200 more take 0.2 s
-			if !l.wait(100, done) {
-				t.Fatal("wait refused")
+		_, ended := started(cfg, clientSide, upSide, false)
+		upGone := make(chan time.Time, 1)
+		go func() {
+			for {
+				if _, err := upstream.Write([]byte("data nobody reads")); err != nil {
+					upGone <- time.Now()
+					return
+				}
 			}
+		}()
+		e := <-ended
+		if e.Code != wsframe.CloseAbnormal || e.By != ByClient || time.Since(start) != 5*time.Second {
+			t.Fatalf("ended %+v at %v, want 1006 by the client at 5s", e, time.Since(start))
 		}
-		if el := time.Since(start); el != 200*time.Millisecond {
-			t.Fatalf("300 bytes at 1000 B/s with burst 100 passed in %v, want 200ms", el)
+		if at := <-upGone; at.Sub(start) != 5*time.Second {
+			t.Fatalf("upstream closed at %v", at.Sub(start))
 		}
-		close(done)
-		if l.wait(100, done) && l.wait(100, done) {
-			t.Fatal("wait did not stop when the tunnel ended")
-		}
+		client.Close()
+		upstream.Close()
 	})
-	if newLimiter(0, 0, 1024) != nil {
-		t.Fatal("a zero rate must mean no limiter")
+}
+
+// A throttled tunnel keeps backpressure both ways: a peer that sends as
+// fast as it can gets ahead of what was delivered by at most one buffer,
+// while the delivered bytes follow the rate.
+func TestThrottleKeepsBackpressure(t *testing.T) {
+	t.Parallel()
+	const rate, burst, bufSize, window = 1000, 500, 4096, 10 * time.Second
+	for _, dir := range []string{"client to upstream", "upstream to client"} {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				client, clientSide := net.Pipe()
+				upSide, upstream := net.Pipe()
+				cfg := testConfig(func(c *Config) {
+					c.BufferSize, c.ReadRate, c.WriteRate, c.Burst = bufSize, rate, rate, burst
+				})
+				tn, ended := started(cfg, clientSide, upSide, false)
+				var accepted, delivered atomic.Int64
+				sender, receiver := client, upstream
+				msg := maskedFrame(0x82, make([]byte, 100))
+				read := func() (int, error) { // the receiver's payload bytes
+					return receiver.Read(make([]byte, 64<<10))
+				}
+				if dir == "upstream to client" {
+					sender, receiver = upstream, client
+					msg = make([]byte, 100)
+					read = func() (int, error) {
+						_, p, err := readFrame(client)
+						return len(p), err
+					}
+				}
+				// The sender offers three times what may pass in the window,
+				// then stops: without pacing it would all be through.
+				go func() {
+					for sent := 0; sent < 3*(burst+rate*int(window/time.Second)); sent += 100 {
+						n, err := sender.Write(msg)
+						accepted.Add(int64(n))
+						if err != nil {
+							return
+						}
+					}
+				}()
+				go func() {
+					for {
+						n, err := read()
+						delivered.Add(int64(n))
+						if err != nil {
+							return
+						}
+					}
+				}()
+				time.Sleep(window)
+				synctest.Wait()
+				got := delivered.Load()
+				ahead := accepted.Load()*100/int64(len(msg)) - got // in payload bytes
+				t.Logf("after %v: %d bytes delivered, the sender %d bytes ahead", window, got, ahead)
+				if want := int64(burst + rate*window/time.Second); got > want || got < want-bufSize {
+					t.Errorf("%d bytes delivered in %v, want %d at most and not one buffer less", got, window, want)
+				}
+				if ahead > bufSize+int64(len(msg)) {
+					t.Errorf("the sender got %d bytes ahead of the receiver: more than a buffer piled up", ahead)
+				}
+				tn.Terminate(wsframe.CloseGoingAway, "")
+				client.Close()
+				upstream.Close()
+				<-ended
+			})
+		})
 	}
-	if d := newLimiter(1<<30, 0, 1024); d.burst != 1024 {
-		t.Fatalf("default burst %d, want buffer_size 1024", d.burst)
+}
+
+// readFrame reads one server frame (unmasked) from r, for the goroutines
+// that read until the tunnel ends (frameReader fails the test instead).
+func readFrame(r io.Reader) (byte, []byte, error) {
+	var hdr [10]byte
+	if _, err := io.ReadFull(r, hdr[:2]); err != nil {
+		return 0, nil, err
 	}
-	if d := newLimiter(100, 0, 32<<10); d.burst != 512 {
-		t.Fatalf("default burst %d, want the 512-byte floor", d.burst)
+	n := uint64(hdr[1] & 0x7f)
+	switch n {
+	case 126:
+		if _, err := io.ReadFull(r, hdr[2:4]); err != nil {
+			return 0, nil, err
+		}
+		n = uint64(hdr[2])<<8 | uint64(hdr[3])
+	case 127:
+		if _, err := io.ReadFull(r, hdr[2:10]); err != nil {
+			return 0, nil, err
+		}
+		n = 0
+		for _, b := range hdr[2:10] {
+			n = n<<8 | uint64(b)
+		}
 	}
+	p := make([]byte, n)
+	_, err := io.ReadFull(r, p)
+	return hdr[0] & 0x0f, p, err
 }
