@@ -89,6 +89,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, t *tunnel,
 		return
 	}
 	t.run(client, up)
+	client.finish()
 }
 
 // innermost unwraps the ResponseWriters that handlers put around the
@@ -115,6 +116,13 @@ type streamConn struct {
 	rc   *http.ResponseController
 
 	closeOnce sync.Once
+	// The stream may be used only while ServeHTTP runs, but the tunnel's
+	// registry entry can be terminated from elsewhere (the admin API, a
+	// shutdown) around its end: each call holds the read lock, and finish
+	// takes the write lock to mark the stream gone before ServeHTTP
+	// returns, after which every call is a no-op.
+	mu       sync.RWMutex
+	finished bool
 }
 
 func newStreamConn(w http.ResponseWriter, r *http.Request) *streamConn {
@@ -127,9 +135,21 @@ func newStreamConn(w http.ResponseWriter, r *http.Request) *streamConn {
 	return &streamConn{body: body, w: w, rc: http.NewResponseController(w)}
 }
 
-func (c *streamConn) Read(p []byte) (int, error) { return c.body.Read(p) }
+func (c *streamConn) Read(p []byte) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.finished {
+		return 0, net.ErrClosed
+	}
+	return c.body.Read(p)
+}
 
 func (c *streamConn) Write(p []byte) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.finished {
+		return 0, net.ErrClosed
+	}
 	n, err := c.w.Write(p)
 	if err != nil {
 		return n, err
@@ -137,14 +157,42 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	return n, c.rc.Flush()
 }
 
-func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.rc.SetReadDeadline(t) }
-func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.finished {
+		return net.ErrClosed
+	}
+	return c.rc.SetReadDeadline(t)
+}
+
+func (c *streamConn) SetWriteDeadline(t time.Time) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.finished {
+		return net.ErrClosed
+	}
+	return c.rc.SetWriteDeadline(t)
+}
+
+// finish marks the stream gone, once every call in progress has returned
+// (the relay has closed it, which interrupts them).
+func (c *streamConn) finish() {
+	c.mu.Lock()
+	c.finished = true
+	c.mu.Unlock()
+}
 
 // Close interrupts the stream's blocked reads and writes; the stream
 // itself ends (END_STREAM, or a reset if the client still sends) when
 // ServeHTTP returns, which the relay lets it do once both pumps are out.
 func (c *streamConn) Close() error {
 	c.closeOnce.Do(func() {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		if c.finished {
+			return
+		}
 		past := time.Unix(1, 0)
 		c.rc.SetReadDeadline(past)
 		c.rc.SetWriteDeadline(past)
