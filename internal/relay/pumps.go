@@ -24,7 +24,7 @@ func (t *Tunnel) clientToUpstream() error {
 		buf    []byte
 		ps, pe int // buf[ps:pe]: payload ready for the upstream
 		r, w   int // buf[r:w]: bytes not parsed yet; pe <= r
-		parser = wsframe.Parser{MaxMessage: t.cfg.MaxMessageSize}
+		parser = wsframe.Parser{MaxMessage: t.cfg.MaxMessageSize, FromServer: t.cfg.Client}
 		utf8v  wsframe.UTF8Stream
 		b64    wsframe.Base64Stream
 	)
