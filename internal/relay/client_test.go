@@ -308,3 +308,49 @@ func countMaskedPayload(c net.Conn, total int64) error {
 	}
 	return nil
 }
+
+// HalfClose: the peer's Close 1000 is the upstream's EOF, and the answer
+// the upstream gives to it still reaches the peer before the Close echo.
+func TestHalfCloseRelaysTheAnswer(t *testing.T) {
+	t.Parallel()
+	for _, half := range []bool{true, false} {
+		t.Run(fmt.Sprint("HalfClose=", half), func(t *testing.T) {
+			t.Parallel()
+			client, clientSide := tcpPair(t)
+			upSide, upstream := tcpPair(t)
+			_, ended := started(testConfig(func(c *Config) { c.HalfClose = half }), clientSide, upSide, false)
+			input := make([]byte, 1<<20)
+			rand.Read(input)
+			client.Write(maskedFrame(0x80|wsframe.OpBinary, input))
+			client.Write(maskedFrame(0x80|wsframe.OpClose, []byte{0x03, 0xe8}))
+			// The upstream program answers its input's end with a digest.
+			upstream.SetReadDeadline(time.Now().Add(ioTimeout))
+			all, err := io.ReadAll(upstream)
+			if err != nil || !bytes.Equal(all, input) {
+				t.Fatalf("upstream read %d bytes, %v", len(all), err)
+			}
+			sum := sha256.Sum256(all)
+			upstream.Write(sum[:])
+			upstream.Close()
+			fr := &frameReader{c: client}
+			client.SetReadDeadline(time.Now().Add(ioTimeout))
+			op, p := fr.next(t)
+			if !half {
+				if op != wsframe.OpClose {
+					t.Fatalf("without HalfClose: op %d, want the Close echoed at once", op)
+				}
+				<-ended
+				return
+			}
+			if op != wsframe.OpBinary || !bytes.Equal(p, sum[:]) {
+				t.Fatalf("op %d %x, want the digest", op, p)
+			}
+			if op, p = fr.next(t); op != wsframe.OpClose || closeCode(p) != wsframe.CloseNormal {
+				t.Fatalf("op %d %q, want Close 1000", op, p)
+			}
+			if e := <-ended; e.Code != wsframe.CloseNormal || e.By != ByClient {
+				t.Fatalf("ended %+v", e)
+			}
+		})
+	}
+}

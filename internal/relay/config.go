@@ -68,6 +68,15 @@ type Config struct {
 	// text and injected messages are for servers only. Default: false.
 	Client bool
 
+	// HalfClose makes the peer's Close 1000 a half-close: the upstream
+	// gets FIN after the last byte, and what it still sends is relayed
+	// until its EOF (within CloseGrace) before the Close is echoed, so that
+	// a program that answers its input's end (a digest, the rest of a
+	// reply) is heard. RFC 6455 §5.5.1 lets an endpoint delay its Close
+	// for that. Off: the Close is echoed at once and the upstream's answer
+	// is read and dropped. Default: false.
+	HalfClose bool
+
 	// CloseGrace bounds the closing handshake: how long a closing side
 	// waits for the peer's Close frame or FIN. Default: 2s.
 	CloseGrace time.Duration

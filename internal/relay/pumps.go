@@ -197,7 +197,13 @@ func (t *Tunnel) upstreamToClient() error {
 		if n > 0 && trackData {
 			t.lastData.Store(t.since())
 		}
-		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) {
+		if n > 0 && t.halfOpen.Load() {
+			// The answer to a half-close may take its time, as long as it
+			// keeps coming: each read gives it another grace period.
+			t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+			t.reaper.Reset(t.cfg.WriteTimeout + t.cfg.CloseGrace)
+		}
+		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && !t.halfOpen.Load() {
 			draining = true // the tunnel is ending
 		}
 		if n > 0 && !draining {

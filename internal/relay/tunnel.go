@@ -95,6 +95,7 @@ type Tunnel struct {
 
 	endOnce  sync.Once
 	ending   atomic.Bool
+	halfOpen atomic.Bool   // HalfClose: the peer sent Close 1000, the upstream's answer still goes to it
 	end      End           // set once, by the first decide
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
@@ -259,6 +260,12 @@ func (t *Tunnel) clientEnded(err error) {
 		// closes too (closing with unread input would send an RST).
 		closeWrite(t.up)
 		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
+			// The upstream pump relays the answer and echoes the Close
+			// when the upstream ends (upstreamEnded).
+			t.halfOpen.Store(true)
+			return
+		}
 		t.sendClose(cc.code, "")
 		t.client.Close()
 	case errors.As(err, &ue), errors.As(err, &ce):
@@ -292,6 +299,12 @@ func (t *Tunnel) upstreamEnded(err error) {
 		code, reason = wsframe.CloseBadGateway, "bad gateway"
 	}
 	if !t.decide(code, ByUpstream, err) {
+		if t.halfOpen.Load() {
+			// The answer to the peer's half-close is all sent (or the
+			// grace is over): echo its Close.
+			t.sendClose(wsframe.CloseNormal, "")
+			t.client.Close()
+		}
 		return
 	}
 	// Every byte read is written. Close, and give the client pump the
