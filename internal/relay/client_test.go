@@ -354,3 +354,41 @@ func TestHalfCloseRelaysTheAnswer(t *testing.T) {
 		})
 	}
 }
+
+// HalfClose does not let an upstream that streams on and never closes keep
+// a closing tunnel open: the reaper ends it.
+func TestHalfCloseIsBounded(t *testing.T) {
+	t.Parallel()
+	client, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	_, ended := started(testConfig(func(c *Config) {
+		c.HalfClose = true
+		c.WriteTimeout = 300 * time.Millisecond
+		c.CloseGrace = 200 * time.Millisecond
+	}), clientSide, upSide, false)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // streams, whatever it reads
+		chunk := make([]byte, 1024)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := upstream.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	go io.Copy(io.Discard, client) // the client reads on
+	client.Write(maskedFrame(0x80|wsframe.OpClose, []byte{0x03, 0xe8}))
+	select {
+	case e := <-ended:
+		if e.Code != wsframe.CloseNormal {
+			t.Fatalf("ended %+v", e)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatal("a streaming upstream kept the half-closed tunnel open")
+	}
+}

@@ -72,9 +72,11 @@ type Config struct {
 	// gets FIN after the last byte, and what it still sends is relayed
 	// until its EOF (within CloseGrace) before the Close is echoed, so that
 	// a program that answers its input's end (a digest, the rest of a
-	// reply) is heard. RFC 6455 §5.5.1 lets an endpoint delay its Close
-	// for that. Off: the Close is echoed at once and the upstream's answer
-	// is read and dropped. Default: false.
+	// reply) is heard. The answer may pause up to CloseGrace between
+	// reads and take WriteTimeout + CloseGrace in all. RFC 6455 §5.5.1
+	// lets an endpoint delay its Close for that. Off: the Close is echoed
+	// at once and the upstream's answer is read and dropped. Default:
+	// false.
 	HalfClose bool
 
 	// CloseGrace bounds the closing handshake: how long a closing side

@@ -198,10 +198,11 @@ func (t *Tunnel) upstreamToClient() error {
 			t.lastData.Store(t.since())
 		}
 		if n > 0 && t.halfOpen.Load() {
-			// The answer to a half-close may take its time, as long as it
-			// keeps coming: each read gives it another grace period.
+			// The answer to a half-close may pause up to the grace
+			// between reads; the reaper still bounds it as a whole, so
+			// that an upstream that streams on and never closes cannot
+			// keep a closing tunnel open.
 			t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
-			t.reaper.Reset(t.cfg.WriteTimeout + t.cfg.CloseGrace)
 		}
 		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && !t.halfOpen.Load() {
 			draining = true // the tunnel is ending
