@@ -216,6 +216,26 @@ func TestTCPToWSListen(t *testing.T) {
 	waitFor(t, 10*time.Second, "nine closed lines", func() bool {
 		return strings.Count(p.output.String(), ": closed;") == 9
 	})
+
+	// A refused WebSocket closes the accepted connection, with one line
+	// that says why; the listener goes on.
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p = runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--listen", addr, fmt.Sprintf("ws://127.0.0.1:%d/", freePort(t)))
+	p.waitListening(t, addr, 30*time.Second)
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Fatalf("read %d bytes, %v; want the connection closed", n, err)
+		}
+		c.Close()
+	}
+	waitFor(t, 10*time.Second, "the refusals logged", func() bool {
+		return strings.Count(p.output.String(), ": cannot connect: ") >= 3 // and waitListening's probe
+	})
 }
 
 // echoThrough sends n bytes through addr to an echo server, and checks

@@ -392,3 +392,23 @@ func TestHalfCloseIsBounded(t *testing.T) {
 		t.Fatal("a streaming upstream kept the half-closed tunnel open")
 	}
 }
+
+// HalfClose when the upstream closes at the moment the peer's Close
+// arrives: whichever pump comes second, the peer gets its Close echoed.
+func TestHalfCloseRace(t *testing.T) {
+	t.Parallel()
+	for i := range 200 {
+		client, clientSide := tcpPair(t)
+		upSide, upstream := tcpPair(t)
+		_, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
+		go upstream.Close()
+		client.Write(maskedFrame(0x80|wsframe.OpClose, []byte{0x03, 0xe8}))
+		fr := &frameReader{c: client}
+		client.SetReadDeadline(time.Now().Add(ioTimeout))
+		if op, _ := fr.next(t); op != wsframe.OpClose {
+			t.Fatalf("round %d: op %d, want a Close", i, op)
+		}
+		<-ended
+		client.Close()
+	}
+}

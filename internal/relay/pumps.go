@@ -197,14 +197,14 @@ func (t *Tunnel) upstreamToClient() error {
 		if n > 0 && trackData {
 			t.lastData.Store(t.since())
 		}
-		if n > 0 && t.halfOpen.Load() {
+		if n > 0 && t.halfOpen.Load() == halfOpening {
 			// The answer to a half-close may pause up to the grace
 			// between reads; the reaper still bounds it as a whole, so
 			// that an upstream that streams on and never closes cannot
 			// keep a closing tunnel open.
 			t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 		}
-		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && !t.halfOpen.Load() {
+		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && t.halfOpen.Load() != halfOpening {
 			draining = true // the tunnel is ending
 		}
 		if n > 0 && !draining {

@@ -62,6 +62,13 @@ var (
 	errInvalidUTF8      = &wsframe.CloseError{Code: wsframe.CloseInvalidPayload, Reason: "invalid UTF-8 in text message"}
 )
 
+// Tunnel.halfOpen: whichever of the two pumps comes second echoes the
+// peer's Close after a half-close.
+const (
+	halfOpening = 1
+	halfDone    = 2
+)
+
 // upstreamError marks an error of the upstream side.
 type upstreamError struct{ err error }
 
@@ -95,7 +102,7 @@ type Tunnel struct {
 
 	endOnce  sync.Once
 	ending   atomic.Bool
-	halfOpen atomic.Bool   // HalfClose: the peer sent Close 1000, the upstream's answer still goes to it
+	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
 	end      End           // set once, by the first decide
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
@@ -262,9 +269,11 @@ func (t *Tunnel) clientEnded(err error) {
 		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
 			// The upstream pump relays the answer and echoes the Close
-			// when the upstream ends (upstreamEnded).
-			t.halfOpen.Store(true)
-			return
+			// when the upstream ends (upstreamEnded), unless it has
+			// ended already.
+			if t.halfOpen.CompareAndSwap(0, halfOpening) {
+				return
+			}
 		}
 		t.sendClose(cc.code, "")
 		t.client.Close()
@@ -299,7 +308,7 @@ func (t *Tunnel) upstreamEnded(err error) {
 		code, reason = wsframe.CloseBadGateway, "bad gateway"
 	}
 	if !t.decide(code, ByUpstream, err) {
-		if t.halfOpen.Load() {
+		if t.halfOpen.Swap(halfDone) == halfOpening {
 			// The answer to the peer's half-close is all sent (or the
 			// grace is over): echo its Close.
 			t.sendClose(wsframe.CloseNormal, "")
