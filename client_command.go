@@ -47,10 +47,12 @@ ProxyCommand:
 
   ssh -o ProxyCommand='caddy tcp-to-ws wss://example.com/ssh' user@example.com
 
-The end of standard input ends the WebSocket with Close 1000: the server
-then shuts the write side of its TCP connection (the server program reads
-EOF after the last byte), and what the server already relayed still
-arrives. The server's Close ends standard output.
+The end of standard input is a half-close: it sends Close 1000, the
+server shuts the write side of its TCP connection (the server program
+reads EOF after the last byte), and the program's answer still arrives
+until it closes its side (ws_to_tcp relays it before echoing the Close).
+The end of the server program's output (the server's Close 1000) closes
+standard output after the last byte.
 
 With --listen ADDR, it accepts TCP connections on ADDR and opens one
 WebSocket for each:
