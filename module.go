@@ -331,6 +331,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		HeartbeatTimeout:  time.Duration(h.HeartbeatTimeout),
 		HeartbeatText:     h.HeartbeatText,
 		IdleTimeout:       time.Duration(h.IdleTimeout),
+		// A client's Close 1000 is the upstream's EOF, and its answer still
+		// reaches the client (README, "Recipes": caddy tcp-to-ws).
+		HalfClose: true,
 	}
 	if th := h.Throttle; th != nil {
 		h.relay.ReadRate, h.relay.WriteRate, h.relay.Burst = th.Read, th.Write, th.Burst

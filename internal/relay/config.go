@@ -58,6 +58,27 @@ type Config struct {
 	// 512 bytes and at most BufferSize). 0: no cap.
 	ReadRate, WriteRate, Burst int64
 
+	// Client makes the tunnel the client end of a WebSocket (caddy
+	// tcp-to-ws): the "client" Conn is then the connection to a WebSocket
+	// server, whose frames are unmasked, and every frame written to it is
+	// masked with a fresh key (RFC 6455 §5.3); the "upstream" is the local
+	// TCP connection or standard input and output. Closes keep their
+	// server-side meaning: the local side's EOF sends Close 1000, the
+	// server's Close half-closes the local side. Text, base64, heartbeat
+	// text and injected messages are for servers only. Default: false.
+	Client bool
+
+	// HalfClose makes the peer's Close 1000 a half-close: the upstream
+	// gets FIN after the last byte, and what it still sends is relayed
+	// until its EOF (within CloseGrace) before the Close is echoed, so that
+	// a program that answers its input's end (a digest, the rest of a
+	// reply) is heard. The answer may pause up to CloseGrace between
+	// reads and take WriteTimeout + CloseGrace in all. RFC 6455 §5.5.1
+	// lets an endpoint delay its Close for that. Off: the Close is echoed
+	// at once and the upstream's answer is read and dropped. Default:
+	// false.
+	HalfClose bool
+
 	// CloseGrace bounds the closing handshake: how long a closing side
 	// waits for the peer's Close frame or FIN. Default: 2s.
 	CloseGrace time.Duration

@@ -24,7 +24,7 @@ func (t *Tunnel) clientToUpstream() error {
 		buf    []byte
 		ps, pe int // buf[ps:pe]: payload ready for the upstream
 		r, w   int // buf[r:w]: bytes not parsed yet; pe <= r
-		parser = wsframe.Parser{MaxMessage: t.cfg.MaxMessageSize}
+		parser = wsframe.Parser{MaxMessage: t.cfg.MaxMessageSize, FromServer: t.cfg.Client}
 		utf8v  wsframe.UTF8Stream
 		b64    wsframe.Base64Stream
 	)
@@ -197,7 +197,14 @@ func (t *Tunnel) upstreamToClient() error {
 		if n > 0 && trackData {
 			t.lastData.Store(t.since())
 		}
-		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) {
+		if n > 0 && t.halfOpen.Load() == halfOpening {
+			// The answer to a half-close may pause up to the grace
+			// between reads; the reaper still bounds it as a whole, so
+			// that an upstream that streams on and never closes cannot
+			// keep a closing tunnel open.
+			t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		}
+		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && t.halfOpen.Load() != halfOpening {
 			draining = true // the tunnel is ending
 		}
 		if n > 0 && !draining {

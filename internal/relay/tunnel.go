@@ -62,6 +62,13 @@ var (
 	errInvalidUTF8      = &wsframe.CloseError{Code: wsframe.CloseInvalidPayload, Reason: "invalid UTF-8 in text message"}
 )
 
+// Tunnel.halfOpen: whichever of the two pumps comes second echoes the
+// peer's Close after a half-close.
+const (
+	halfOpening = 1
+	halfDone    = 2
+)
+
 // upstreamError marks an error of the upstream side.
 type upstreamError struct{ err error }
 
@@ -95,6 +102,7 @@ type Tunnel struct {
 
 	endOnce  sync.Once
 	ending   atomic.Bool
+	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
 	end      End           // set once, by the first decide
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
@@ -259,6 +267,14 @@ func (t *Tunnel) clientEnded(err error) {
 		// closes too (closing with unread input would send an RST).
 		closeWrite(t.up)
 		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
+			// The upstream pump relays the answer and echoes the Close
+			// when the upstream ends (upstreamEnded), unless it has
+			// ended already.
+			if t.halfOpen.CompareAndSwap(0, halfOpening) {
+				return
+			}
+		}
 		t.sendClose(cc.code, "")
 		t.client.Close()
 	case errors.As(err, &ue), errors.As(err, &ce):
@@ -292,6 +308,12 @@ func (t *Tunnel) upstreamEnded(err error) {
 		code, reason = wsframe.CloseBadGateway, "bad gateway"
 	}
 	if !t.decide(code, ByUpstream, err) {
+		if t.halfOpen.Swap(halfDone) == halfOpening {
+			// The answer to the peer's half-close is all sent (or the
+			// grace is over): echo its Close.
+			t.sendClose(wsframe.CloseNormal, "")
+			t.client.Close()
+		}
 		return
 	}
 	// Every byte read is written. Close, and give the client pump the

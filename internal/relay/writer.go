@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"time"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
@@ -51,9 +53,15 @@ func (t *Tunnel) writeClient(p []byte, kind writeKind) error {
 }
 
 // writeData sends buf[start:start+n] as one relayed message, with its
-// header put in the headroom before start.
+// header put in the headroom before start. A client tunnel masks the
+// payload in place.
 func (t *Tunnel) writeData(op byte, buf []byte, start, n int) error {
-	hs := wsframe.PutHeader(buf, start, op, n)
+	var hs int
+	if t.cfg.Client {
+		hs = wsframe.PutMaskedHeader(buf, start, op, n, maskKey())
+	} else {
+		hs = wsframe.PutHeader(buf, start, op, n)
+	}
 	if err := t.writeClient(buf[hs:start+n], writeData); err != nil {
 		return err
 	}
@@ -61,12 +69,34 @@ func (t *Tunnel) writeData(op byte, buf []byte, start, n int) error {
 	return nil
 }
 
+// controlFrame is room for one control frame, masked or not.
+type controlFrame [2 + 4 + wsframe.MaxControlPayload]byte
+
+// frame puts the header of the control frame whose payload (at most 125
+// bytes) is at f[6:6+n] before it, masked for a client tunnel, and returns
+// the frame.
+func (f *controlFrame) frame(client bool, op byte, n int) []byte {
+	if client {
+		return f[wsframe.PutMaskedHeader(f[:], 6, op, n, maskKey()) : 6+n]
+	}
+	f[4], f[5] = 0x80|op, byte(n)
+	return f[4 : 6+n]
+}
+
+// maskKey is a fresh mask key for a client frame. RFC 6455 §10.3 asks for
+// keys a page's script cannot predict; the runtime's generator (ChaCha8,
+// seeded by the system) is that, and costs no system call or allocation
+// per message, unlike crypto/rand.
+func maskKey() (k [4]byte) {
+	binary.LittleEndian.PutUint32(k[:], rand.Uint32())
+	return k
+}
+
 // writeControl sends a ping or pong of at most 125 bytes.
 func (t *Tunnel) writeControl(op byte, payload []byte) error {
-	var frame [2 + wsframe.MaxControlPayload]byte
-	n := copy(frame[2:], payload)
-	frame[0], frame[1] = 0x80|op, byte(n)
-	err := t.writeClient(frame[:2+n], writeData)
+	var f controlFrame
+	n := copy(f[6:], payload)
+	err := t.writeClient(f.frame(t.cfg.Client, op, n), writeData)
 	if errors.Is(err, ErrClosing) {
 		return nil // the Close is on its way: nothing more to say
 	}
@@ -76,10 +106,9 @@ func (t *Tunnel) writeControl(op byte, payload []byte) error {
 // sendClose sends a Close frame, once. A client that has not accepted the
 // previous message within the grace gets none.
 func (t *Tunnel) sendClose(code int, reason string) {
-	var frame [2 + wsframe.MaxControlPayload]byte
-	payload := wsframe.ClosePayload(frame[2:2], code, reason)
-	frame[0], frame[1] = 0x80|wsframe.OpClose, byte(len(payload))
-	t.writeClient(frame[:2+len(payload)], writeClose)
+	var f controlFrame
+	payload := wsframe.ClosePayload(f[6:6], code, reason)
+	t.writeClient(f.frame(t.cfg.Client, wsframe.OpClose, len(payload)), writeClose)
 }
 
 // lockWrite takes the write lock, waiting at most timeout.

@@ -24,6 +24,9 @@ const (
 	// MaxHeader is the longest server frame header: 2 bytes and a 64-bit
 	// length. Buffers keep this much room in front of a payload.
 	MaxHeader = 10
+	// MaxMaskedHeader is the longest client frame header: MaxHeader and
+	// the 4-byte mask key.
+	MaxMaskedHeader = MaxHeader + 4
 	// MaxControlPayload is RFC 6455's limit for control frames.
 	MaxControlPayload = 125
 )
@@ -39,7 +42,10 @@ type header struct {
 // parseHeader parses the client frame header at the start of p. It returns
 // the header's size, or 0 when p does not hold the whole header yet; err is
 // a protocol error (close 1002).
-func parseHeader(p []byte) (h header, size int, err *CloseError) {
+//
+// fromServer parses a server's frame instead (the client end of a
+// WebSocket, caddy tcp-to-ws): it must not be masked (RFC 6455 §5.1).
+func parseHeader(p []byte, fromServer bool) (h header, size int, err *CloseError) {
 	if len(p) < 2 {
 		return h, 0, nil
 	}
@@ -49,7 +55,11 @@ func parseHeader(p []byte) (h header, size int, err *CloseError) {
 	if b0&0x70 != 0 {
 		return h, 0, protocolError("reserved bits set without a negotiated extension")
 	}
-	if b1&0x80 == 0 {
+	masked := b1&0x80 != 0
+	switch {
+	case fromServer && masked:
+		return h, 0, protocolError("server frame masked")
+	case !fromServer && !masked:
 		return h, 0, protocolError("client frame not masked")
 	}
 	size = 2
@@ -73,11 +83,13 @@ func parseHeader(p []byte) (h header, size int, err *CloseError) {
 	default:
 		h.length = int64(n)
 	}
-	if len(p) < size+4 {
-		return h, 0, nil
+	if masked {
+		if len(p) < size+4 {
+			return h, 0, nil
+		}
+		copy(h.mask[:], p[size:size+4])
+		size += 4
 	}
-	copy(h.mask[:], p[size:size+4])
-	size += 4
 	switch h.opcode {
 	case OpContinuation, OpText, OpBinary:
 	case OpClose, OpPing, OpPong:
@@ -121,4 +133,17 @@ func Prepare(op byte, payload []byte) []byte {
 	buf := make([]byte, MaxHeader+len(payload))
 	copy(buf[MaxHeader:], payload)
 	return buf[PutHeader(buf, MaxHeader, op, len(payload)):]
+}
+
+// PutMaskedHeader is PutHeader for a client's frame (caddy tcp-to-ws): the
+// header and mask key end at buf[end], where the payload starts, and the
+// payload buf[end:end+payloadLen] is masked in place. A client must mask
+// every frame with a fresh key (RFC 6455 §5.3). end must be at least
+// MaxMaskedHeader.
+func PutMaskedHeader(buf []byte, end int, opcode byte, payloadLen int, key [4]byte) int {
+	copy(buf[end-4:end], key[:])
+	start := PutHeader(buf, end-4, opcode, payloadLen)
+	buf[start+1] |= 0x80
+	Unmask(buf[end:end+payloadLen], buf[end:end+payloadLen], key, 0)
+	return start
 }

@@ -39,7 +39,7 @@ func TestParseHeader(t *testing.T) {
 		{"64-bit length with the top bit", hdr(0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0), 0, 0, 0, false, 1002},
 	}
 	for _, c := range cases {
-		h, size, err := parseHeader(c.in)
+		h, size, err := parseHeader(c.in, false)
 		if c.code != 0 {
 			if err == nil || err.Code != c.code {
 				t.Errorf("%s: error %v, want close %d", c.name, err, c.code)
@@ -96,7 +96,7 @@ func TestPutHeader(t *testing.T) {
 		// key are added
 		client := append([]byte{h[0], h[1] | 0x80}, h[2:]...)
 		client = append(client, 0, 0, 0, 0)
-		ph, size, err := parseHeader(client)
+		ph, size, err := parseHeader(client, false)
 		if err != nil || size != len(client) || ph.length != int64(n) || !ph.fin || ph.opcode != OpBinary {
 			t.Errorf("length %d: header %x parses as %+v, %d, %v", n, h, ph, size, err)
 		}
@@ -129,7 +129,7 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add([]byte{0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4})
 	f.Add([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8})
 	f.Fuzz(func(t *testing.T, p []byte) {
-		h, size, err := parseHeader(p)
+		h, size, err := parseHeader(p, false)
 		if err != nil || size == 0 {
 			return
 		}

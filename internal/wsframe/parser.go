@@ -36,6 +36,11 @@ type Parser struct {
 	// error. 0: no limit.
 	MaxMessage int64
 
+	// FromServer parses the frames of a WebSocket server instead of a
+	// client's (the client end, caddy tcp-to-ws): unmasked, and a masked
+	// frame is a protocol error (RFC 6455 §5.1).
+	FromServer bool
+
 	remaining int64 // payload bytes of the current data frame still to come
 	fin       bool  // the current data frame ends its message
 	key       [4]byte
@@ -56,7 +61,7 @@ func (p *Parser) Next(in []byte) (Event, int, error) {
 		ev := p.payload(in, false)
 		return ev, len(ev.Payload), nil
 	}
-	h, size, err := parseHeader(in)
+	h, size, err := parseHeader(in, p.FromServer)
 	if err != nil {
 		return Event{}, 0, err
 	}
@@ -69,7 +74,9 @@ func (p *Parser) Next(in []byte) (Event, int, error) {
 			return Event{}, 0, nil // control frames are handled whole
 		}
 		payload := in[size:end]
-		Unmask(payload, payload, h.mask, 0)
+		if !p.FromServer {
+			Unmask(payload, payload, h.mask, 0)
+		}
 		return Event{Kind: Control, Op: h.opcode, Payload: payload}, end, nil
 	}
 	first := h.opcode != OpContinuation
@@ -96,7 +103,9 @@ func (p *Parser) Next(in []byte) (Event, int, error) {
 func (p *Parser) payload(in []byte, first bool) Event {
 	n := int(min(p.remaining, int64(len(in))))
 	chunk := in[:n]
-	p.keyPos = Unmask(chunk, chunk, p.key, p.keyPos)
+	if !p.FromServer {
+		p.keyPos = Unmask(chunk, chunk, p.key, p.keyPos)
+	}
 	p.remaining -= int64(n)
 	ev := Event{Kind: Data, Op: p.msgOp, Payload: chunk, First: first}
 	if p.remaining == 0 && p.fin {
