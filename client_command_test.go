@@ -194,7 +194,9 @@ func TestTCPToWSListen(t *testing.T) {
 }`)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--listen", addr, s.wsURL("/"))
-	p.waitListening(t, addr, 30*time.Second)
+	if err := p.waitListening(t, addr); err != nil {
+		t.Fatal(err)
+	}
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -213,7 +215,7 @@ func TestTCPToWSListen(t *testing.T) {
 		}
 	}
 	// Eight lines, and one for waitListening's probe.
-	waitFor(t, 10*time.Second, "nine closed lines", func() bool {
+	eventually(t, "nine closed lines", func() bool {
 		return strings.Count(p.output.String(), ": closed;") == 9
 	})
 
@@ -221,7 +223,9 @@ func TestTCPToWSListen(t *testing.T) {
 	// that says why; the listener goes on.
 	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p = runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--listen", addr, fmt.Sprintf("ws://127.0.0.1:%d/", freePort(t)))
-	p.waitListening(t, addr, 30*time.Second)
+	if err := p.waitListening(t, addr); err != nil {
+		t.Fatal(err)
+	}
 	for range 2 {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -233,7 +237,7 @@ func TestTCPToWSListen(t *testing.T) {
 		}
 		c.Close()
 	}
-	waitFor(t, 10*time.Second, "the refusals logged", func() bool {
+	eventually(t, "the refusals logged", func() bool {
 		return strings.Count(p.output.String(), ": cannot connect: ") >= 3 // and waitListening's probe
 	})
 }

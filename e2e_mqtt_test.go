@@ -75,7 +75,7 @@ func startMosquitto(t *testing.T) (int, *lockedBuffer) {
 			}
 		})
 		up := false
-		waitFor(t, 30*time.Second, "mosquitto to listen or exit", func() bool {
+		eventually(t, "mosquitto to listen or exit", func() bool {
 			select {
 			case <-exited:
 				return true
@@ -151,7 +151,9 @@ func TestE2EMosquittoClientsThroughTCPToWS(t *testing.T) {
 }`, port))
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--subprotocol", "mqtt", "--listen", listen, s.wsURL("/mqtt"))
-	p.waitListening(t, listen, 30*time.Second)
+	if err := p.waitListening(t, listen); err != nil {
+		t.Fatal(err)
+	}
 	_, lport, _ := net.SplitHostPort(listen)
 
 	// Three binary messages of increasing size, QoS 1.
@@ -175,7 +177,7 @@ func TestE2EMosquittoClientsThroughTCPToWS(t *testing.T) {
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "mosquitto_sub's subscription at the broker", func() bool {
+	eventually(t, "mosquitto_sub's subscription at the broker", func() bool {
 		return strings.Contains(brokerLog.String(), "Received SUBSCRIBE from e2e-sub")
 	})
 	for _, f := range files {

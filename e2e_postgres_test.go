@@ -94,7 +94,7 @@ func startPostgres(t *testing.T) int {
 			}
 		})
 		up := false
-		waitFor(t, 60*time.Second, "postgres to accept connections or exit", func() bool {
+		eventually(t, "postgres to accept connections or exit", func() bool {
 			select {
 			case <-exited:
 				return true
@@ -197,7 +197,9 @@ func TestE2EPostgres(t *testing.T) {
 	// psql through caddy tcp-to-ws --listen.
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--listen", listen, s.wsURL("/v2?address="+pgAddr))
-	p.waitListening(t, listen, 30*time.Second)
+	if err := p.waitListening(t, listen); err != nil {
+		t.Fatal(err)
+	}
 	host, port, _ := net.SplitHostPort(listen)
 	if got := psql(t, host, port, "SELECT count(*), sum(price) FROM e2e_items"); got != "5000|15621875.00" {
 		t.Fatalf("psql through tcp-to-ws: %q", got)

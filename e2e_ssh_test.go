@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // OpenSSH end to end: Debian's sshd on a loopback port, behind ws_to_tcp
@@ -103,7 +102,7 @@ Subsystem sftp internal-sftp
 			}
 		})
 		listening := false
-		waitFor(t, 30*time.Second, "sshd to listen or exit", func() bool {
+		eventually(t, "sshd to listen or exit", func() bool {
 			select {
 			case <-exited:
 				return true
