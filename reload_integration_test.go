@@ -35,22 +35,29 @@ func TestTunnelSurvivesReload(t *testing.T) {
 func TestReloadCloseAfterClosesOldTunnels(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	s := startCaddy(t, `{HTTP} {
-	ws_to_tcp `+up.addr+` {
+	ws_to_tcp /old `+up.addr+` {
 		reload_close_after 100ms
 	}
 }`)
-	c := s.dial("/", nil)
+	c := s.dial("/old", nil)
 	defer c.Close()
 	uc := up.accept(t)
 	roundTrip(t, c, uc, "before reload")
 
 	s.load(`{HTTP} {
-	ws_to_tcp ` + up.addr + ` {
+	ws_to_tcp /new ` + up.addr + ` {
 		reload_close_after 100ms
 	}
-	header X-Config 2
 }`)
-	c2 := s.dial("/", nil) // opened under the new config: not closed
+	// Opened under the new configuration, which alone has /new: a
+	// connection the old server accepted while it shut down (Caddy shares
+	// the listener) is refused there, and tried again.
+	var c2 *websocket.Conn
+	eventually(t, "a tunnel of the new configuration", func() bool {
+		var err error
+		c2, _, err = s.tryDial("/new", nil)
+		return err == nil
+	})
 	defer c2.Close()
 	uc2 := up.accept(t)
 
