@@ -42,12 +42,13 @@ import (
 	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
-	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // ioTimeout bounds a test's wait for a peer or a state: generous, for

@@ -12,8 +12,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 func bcryptHash(t testing.TB, password string) string {
