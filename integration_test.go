@@ -47,6 +47,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // ioTimeout bounds a test's wait for a peer or a state: generous, for
@@ -109,18 +111,28 @@ func runs(tests ...string) bool {
 
 // eventually waits until cond holds and fails the test if it does not
 // within ioTimeout: the one wait for a state that no event announces (a
-// count, a list, a health flag, a log line). It polls, quickly at first.
+// count, a list, a health flag, a log line, a server that listens).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
+	if !within(ioTimeout, cond) {
+		t.Fatalf("timed out after %v waiting for %s", ioTimeout, what)
+	}
+}
+
+// within polls cond, quickly at first, until it holds (true) or d has
+// passed (false). Tests call eventually; cleanups, which must go on after
+// a failure, call this.
+func within(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	pause := time.Millisecond
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", ioTimeout, what)
+			return false
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 20*time.Millisecond)
 	}
+	return true
 }
 
 // Free ports.
@@ -815,22 +827,17 @@ func waitNoTunnels(t testing.TB) {
 	t.Helper()
 	if err := noTunnelsWithin(ioTimeout / 3); err != nil {
 		t.Error(err)
+		// end them, so that the cleanups that wait for their upstreams
+		// end too
+		closeTunnels(nil, wsframe.CloseGoingAway, "test over")
 	}
 }
 
 func noTunnelsWithin(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		open := openTunnels()
-		stacks := relayGoroutines()
-		if open == 0 && stacks == "" {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("leak: %d tunnels still registered; relay goroutines:\n%s", open, stacks)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if within(d, func() bool { return openTunnels() == 0 && relayGoroutines() == "" }) {
+		return nil
 	}
+	return fmt.Errorf("leak: %d tunnels still registered; relay goroutines:\n%s", openTunnels(), relayGoroutines())
 }
 
 // relayGoroutines returns the stacks of the goroutines running tunnel

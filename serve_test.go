@@ -73,7 +73,10 @@ func TestCrossOriginRefusedByDefault(t *testing.T) {
 	up := echoUpstream(t)
 	s := serveJSON(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
 	hdr := http.Header{"Origin": {"https://evil.example"}}
-	if _, resp, err := s.tryDial("/", hdr); err == nil || resp == nil || resp.StatusCode != 403 {
+	if c, resp, err := s.tryDial("/", hdr); err == nil || resp == nil || resp.StatusCode != 403 {
+		if c != nil {
+			c.Close()
+		}
 		t.Fatalf("cross-site origin: want 403, got %v %v", resp, err)
 	}
 	hdr.Set("Origin", s.httpURL(""))

@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 func bcryptHash(t testing.TB, password string) string {
@@ -63,17 +65,6 @@ type handlerServer struct {
 // nextHandlerBody is what the next handler answers.
 const nextHandlerBody = "next handler"
 
-// Headers a handler test sets to stand for what earlier handlers of a
-// Caddy route do.
-const (
-	// testUserHeader sets http.auth.user.id, as basic_auth or forward_auth
-	// would.
-	testUserHeader = "X-Test-User"
-	// testClientIPHeader sets Caddy's client IP, as the server does from
-	// X-Forwarded-For sent by a trusted proxy.
-	testClientIPHeader = "X-Test-Client-Ip"
-)
-
 // serveHandler serves h until the test ends; then it waits for h's
 // tunnels to end (the test has closed its clients) and cleans h up, as
 // an unload would.
@@ -90,12 +81,6 @@ func serveHandler(t testing.TB, h *Handler) *handlerServer {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		repl := caddy.NewReplacer()
 		r = caddyhttp.PrepareRequest(r, repl, w, &caddyhttp.Server{})
-		if user := r.Header.Get(testUserHeader); user != "" {
-			repl.Set("http.auth.user.id", user)
-		}
-		if ip := r.Header.Get(testClientIPHeader); ip != "" {
-			caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, ip)
-		}
 		if err := h.ServeHTTP(w, r, next); err != nil {
 			status := handlerErrorStatus(err)
 			if status == 0 {
@@ -107,7 +92,13 @@ func serveHandler(t testing.TB, h *Handler) *handlerServer {
 	hs := &handlerServer{wsEndpoint: wsEndpoint{t: t, host: strings.TrimPrefix(srv.URL, "http://")}, h: h}
 	t.Cleanup(func() {
 		srv.Close()
-		hs.waitTunnels(0)
+		if !within(ioTimeout/3, func() bool { return handlerTunnels(h) == 0 }) {
+			n := handlerTunnels(h)
+			t.Errorf("leak: %d tunnels of the handler still registered", n)
+			// end them, so that the cleanups that wait for their
+			// upstreams end too
+			closeTunnels(h, wsframe.CloseGoingAway, "test over")
+		}
 		h.Cleanup()
 	})
 	return hs
@@ -130,10 +121,4 @@ func handlerTunnels(h *Handler) int {
 		}
 	}
 	return n
-}
-
-// waitTunnels waits until the handler has n tunnels registered.
-func (s *handlerServer) waitTunnels(n int) {
-	s.t.Helper()
-	eventually(s.t, fmt.Sprintf("%d tunnels of the handler", n), func() bool { return handlerTunnels(s.h) == n })
 }
