@@ -555,9 +555,9 @@ func dialMany(t *testing.T, s *testServer, path string, n int) []*websocket.Conn
 	return conns
 }
 
-// A broadcast reaches each of 250 clients (many more than the 32 writes it
-// makes at once) exactly once: each client's next message after it is the
-// following broadcast.
+// A broadcast reaches each of 128 clients (4 times the writes it makes at
+// once) exactly once: each client's next message after it is the following
+// broadcast.
 func TestAdminBroadcastReachesEachOnce(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	s := startCaddy(t, `{HTTP} {
@@ -565,7 +565,7 @@ func TestAdminBroadcastReachesEachOnce(t *testing.T) {
 		channel all
 	}
 }`)
-	const n = 250
+	const n = 128
 	conns := dialMany(t, s, "/", n)
 	s.waitConns(n)
 	got := make(chan error, n)
@@ -610,7 +610,7 @@ func TestAdminBroadcastReachesEachOnce(t *testing.T) {
 }
 
 // Injected messages never land inside relayed ones: while the upstream
-// streams lowercase data, 200 uppercase messages are sent through the
+// streams lowercase data, 100 uppercase messages are sent through the
 // admin API; the client sees every injected message whole, once, and the
 // relayed stream intact around them. (internal/relay sends 1000 at once
 // to one tunnel: TestInjectedMessagesNeverInterleave.)
@@ -624,7 +624,7 @@ func TestAdminSendNeverInterleaves(t *testing.T) {
 	uc := up.accept(t)
 	id := s.onlyConnID()
 
-	const sends = 200
+	const sends = 100
 	injected := func(i int) []byte {
 		b := fmt.Appendf(nil, "INJ%05d:", i)
 		size := 1 + (i*7919)%(48<<10) // up to 48 KiB, larger than a socket write at times
