@@ -115,9 +115,10 @@ func startChromium() {
 	})
 }
 
-// stopChromium ends the shared Chromium, if it was started.
+// stopChromium ends the shared Chromium, if it was started (and keeps it
+// from starting after).
 func stopChromium() {
-	startChromium() // a no-op if it was; otherwise nothing to stop
+	chromium.once.Do(func() { close(chromium.ready) })
 	<-chromium.ready
 	if chromium.stop != nil {
 		chromium.stop()

@@ -254,6 +254,9 @@ func TestHealthStateAcrossReload(t *testing.T) {
 // so once a reload to a configuration without active checks returns, no
 // checker runs.
 func TestHealthCheckerStopsOnReload(t *testing.T) {
+	// Handlers that unit tests provisioned stop their checkers when their
+	// context ends, a moment later: count from none.
+	eventually(t, "no health checker of earlier tests", func() bool { return healthCheckers() == 0 })
 	a := newTagServer(t, "A")
 	s := startCaddy(t, `{HTTP} {
 	ws_to_tcp `+a.addr+` {
