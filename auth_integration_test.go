@@ -580,7 +580,7 @@ func TestForwardAuthComposition(t *testing.T) {
 }
 
 // TestAdmissionOrder: limits, then origin, then authentication, then
-// subprotocol (SPEC §2 step 2).
+// subprotocol (docs/admission.md, the order of the checks).
 func TestAdmissionOrder(t *testing.T) {
 	up := echoUpstream(t)
 	s := startCaddy(t, `{HTTP} {

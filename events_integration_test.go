@@ -129,7 +129,7 @@ func wantData(t testing.TB, name string, data map[string]any, want map[string]an
 }
 
 // Connect, disconnect and rejected events reach a subscribed handler with
-// their data, and the tunnel's one INFO log line has the fields of SPEC §7.
+// their data, and the tunnel's one INFO log line has the fields of docs/operations.md, Logs.
 func TestEventsConnectDisconnectRejectedAndLogLine(t *testing.T) {
 	up := newUpstream(t, "tcp", "127.0.0.1:0")
 	hash := bcryptHash(t, "pw")

@@ -190,18 +190,12 @@ func ownGoroutines() int {
 }
 
 // waitOwnGoroutines waits until at most n goroutines run this module's
-// code, and fails the test if that does not happen within 10 s.
+// code, and fails the test if that does not happen.
 func waitOwnGoroutines(tb testing.TB, n int) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for ownGoroutines() > n {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<22)
-			buf = buf[:runtime.Stack(buf, true)]
-			tb.Fatalf("%d goroutines run this module's code, %d before; all goroutines:\n%s", ownGoroutines(), n, buf)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(tb, fmt.Sprintf("at most %d goroutines running this module's code", n), func() bool {
+		return ownGoroutines() <= n
+	})
 }
 
 // FuzzHandshake sends arbitrary requests (method, target, header lines,

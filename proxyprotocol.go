@@ -28,8 +28,8 @@ func proxyVersion(setting string) int {
 
 // proxyHeader returns the header of the given version (1 or 2) for a
 // connection from src to dst. Both are needed: when either is unknown
-// (invalid), the header says so (v1 UNKNOWN, v2 AF_UNSPEC), and the
-// upstream then uses the connection's own addresses. When the two are of
+// (invalid), the header says so (v1 UNKNOWN, v2 an unspecified address
+// family), and the upstream then uses the connection's own addresses. When the two are of
 // different families, both are sent as IPv6 (the IPv4 one mapped).
 func proxyHeader(version int, src, dst netip.AddrPort) []byte {
 	h := &proxyproto.Header{Version: byte(version), Command: proxyproto.PROXY, TransportProtocol: proxyproto.UNSPEC}

@@ -91,7 +91,7 @@ func TestReloadCloseAfterTiming(t *testing.T) {
 		if err := old.Cleanup(); err != nil { // a reload: caddy.Exiting() is false
 			t.Fatal(err)
 		}
-		time.Sleep(30*time.Second - time.Nanosecond)
+		time.Sleep(30*time.Second - time.Nanosecond) // virtual time: the test runs in a synctest bubble
 		synctest.Wait()
 		if oldTunnel.Ending() {
 			t.Fatalf("closing %v after the reload, before reload_close_after", time.Since(start))

@@ -468,7 +468,7 @@ func (h *Handler) cleanupTargets() {
 	}
 }
 
-// resolveTarget picks the upstream a client's token names (SPEC §3,
+// resolveTarget picks the upstream a client's token names (docs/targets.md,
 // dynamic targets), or expands a `to` with placeholders, and checks it
 // against allow_targets. It returns nil when the handler has neither: the
 // configured upstreams are used. Refusals go through h.rejected with the

@@ -633,10 +633,10 @@ func TestTargetsCacheTTL(t *testing.T) {
 		resolve := resolver("500ms")
 		resolve("cached")
 		calls(1, "the first handshake")
-		time.Sleep(499 * time.Millisecond)
+		time.Sleep(499 * time.Millisecond) // virtual time: the test runs in a synctest bubble
 		resolve("cached")
 		calls(0, "within cache_ttl")
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // virtual time: the test runs in a synctest bubble
 		resolve("cached")
 		calls(1, "at cache_ttl")
 		if st := resolve("late"); st != http.StatusNotFound {
@@ -693,11 +693,11 @@ func TestTargetsFileEditPicked(t *testing.T) {
 
 		// the same token now leads elsewhere, and a new one appears
 		write("vm: 127.0.0.1:5902\nvm-new: 127.0.0.1:5903\n", base.Add(time.Minute))
-		time.Sleep(fileCheckInterval - time.Millisecond)
+		time.Sleep(fileCheckInterval - time.Millisecond) // virtual time: the test runs in a synctest bubble
 		if got := resolve("vm-new"); got != "404" {
 			t.Fatalf("vm-new within a second of the last check: %s", got)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // virtual time: the test runs in a synctest bubble
 		if got := resolve("vm-new"); got != "127.0.0.1:5903" {
 			t.Fatalf("vm-new a second after the last check: %s", got)
 		}

@@ -24,7 +24,7 @@ func TestLimiterPacesAndStops(t *testing.T) {
 			}
 		}
 		go func() {
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // virtual time: the test runs in a synctest bubble
 			close(done)
 		}()
 		if l.wait(100, done) {

@@ -161,7 +161,7 @@ func TestIdleTimeoutCountsDataOnly(t *testing.T) {
 		go client.Write(maskedFrame(0x82, []byte("x")))
 		got := make([]byte, 1)
 		io.ReadFull(upstream, got)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // virtual time: the test runs in a synctest bubble
 		go client.Write(maskedFrame(0x89, nil))
 		if op, _ := fr.next(t); op != wsframe.OpPong {
 			t.Fatalf("op %d, want a pong", op)
@@ -295,7 +295,7 @@ func TestThrottleKeepsBackpressure(t *testing.T) {
 						}
 					}
 				}()
-				time.Sleep(window)
+				time.Sleep(window) // virtual time: the test runs in a synctest bubble
 				synctest.Wait()
 				got := delivered.Load()
 				ahead := accepted.Load()*100/int64(len(msg)) - got // in payload bytes
