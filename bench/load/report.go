@@ -40,15 +40,7 @@ func rowSpecs(labels map[string]bool) []rowSpec {
 		{"connrate", "cps", "connect+echo+close, 16 workers (conn/s)", false, 0.8},
 		{"connrate", "cpu_ms_per_kconn", "connrate: proxy CPU (ms per 1000 conns)", true, 0},
 	}
-	var idle []int
-	for l := range labels {
-		if n, ok := strings.CutPrefix(l, "idle_"); ok {
-			if v, err := strconv.Atoi(n); err == nil {
-				idle = append(idle, v)
-			}
-		}
-	}
-	slices.Sort(idle)
+	idle := idleCounts(labels)
 	for _, n := range idle {
 		rows = append(rows, rowSpec{fmt.Sprintf("idle_%d", n), "kb_per_conn",
 			fmt.Sprintf("idle memory, %d conns (PSS KiB/conn)", n), true, 0.75})
@@ -63,6 +55,21 @@ func rowSpecs(labels map[string]bool) []rowSpec {
 			fmt.Sprintf("peak RSS, idle %d conns (MiB)", n), true, 0})
 	}
 	return rows
+}
+
+// idleCounts returns the connection counts of the idle scenarios run
+// (labels idle_<n>), in increasing order.
+func idleCounts(labels map[string]bool) []int {
+	var idle []int
+	for l := range labels {
+		if n, ok := strings.CutPrefix(l, "idle_"); ok {
+			if v, err := strconv.Atoi(n); err == nil {
+				idle = append(idle, v)
+			}
+		}
+	}
+	slices.Sort(idle)
+	return idle
 }
 
 type cell struct {

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -28,15 +26,7 @@ func transportRowSpecs(labels map[string]bool) []rowSpec {
 		{"rtt_1", "p50_us", "rtt 64 B, one tunnel: p50 (µs)", true, 0},
 		{"rtt_1", "p99_us", "rtt 64 B, one tunnel: p99 (µs)", true, 0},
 	}
-	var idle []int
-	for l := range labels {
-		if n, ok := strings.CutPrefix(l, "idle_"); ok {
-			if v, err := strconv.Atoi(n); err == nil {
-				idle = append(idle, v)
-			}
-		}
-	}
-	slices.Sort(idle)
+	idle := idleCounts(labels)
 	for _, n := range idle {
 		rows = append(rows, rowSpec{fmt.Sprintf("idle_%d", n), "kb_per_conn",
 			fmt.Sprintf("idle memory, %d tunnels (PSS KiB/tunnel)", n), true, 1.5})
