@@ -47,8 +47,8 @@ declare -A PID=()     # name -> pid of every process this script started
 declare -A PHASE=()   # proxy -> what its current process has run (for peak RSS)
 LOADPID=
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 cleanup() {
 	local rc=$?
@@ -76,18 +76,6 @@ kill_tree() {
 }
 
 # first_line FILE: wait for a process to print its address.
-first_line() {
-	local i
-	for ((i = 0; i < 600; i++)); do
-		if [[ -s $1 ]] && head -n1 "$1" | grep -q .; then
-			head -n1 "$1"
-			return
-		fi
-		sleep 0.05
-	done
-	log "no address in $1"
-	return 1
-}
 
 # ---- machine and build ----------------------------------------------------
 
@@ -258,23 +246,10 @@ SCENARIOS=(
 
 # run_load REP LABEL PROXY UPSTREAM ARGS...: one run, one result line.
 run_load() {
-	local rep=$1 label=$2 proxy=$3 up=$4 out line rc=0
+	local rep=$1 label=$2 proxy=$3 up=$4
 	shift 4
-	out=$TMP/load.out
 	# shellcheck disable=SC2068
-	"$LOAD" run -target "${ADDR[$proxy/$up]}" -label "$label" -proxy "$proxy" -rep "$rep" \
-		-pids "$(pids_of "$proxy" "$up")" -clk-tck "$CLK_TCK" -timeout "$LOAD_TIMEOUT" $@ \
-		>"$out" 2>>"$TMP/load.err" </dev/null &
-	LOADPID=$!
-	wait "$LOADPID" || rc=$?
-	LOADPID=
-	line=$(tail -n1 "$out")
-	if [[ $line != "{"* ]]; then
-		line=$(printf '{"label":"%s","proxy":"%s","rep":%s,"error":"load exited with status %s and no result"}' \
-			"$label" "$proxy" "$rep" "$rc")
-	fi
-	echo "$line" >>"$RESULTS"
-	log "rep $rep $label $proxy: ${line:0:240}"
+	load_and_record "$rep" "$label" "$proxy" -target "${ADDR[$proxy/$up]}" -pids "$(pids_of "$proxy" "$up")" $@
 }
 
 # ---- the run ------------------------------------------------------------------

@@ -41,8 +41,8 @@ PHASE=throughput  # what the current Caddy has run (for its peak RSS)
 PHASE_PROTO=all
 LOADPID=
 
-log() { echo "[$(date +%T)] $*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 cleanup() {
 	local rc=$?
@@ -60,18 +60,6 @@ cleanup() {
 trap cleanup EXIT
 
 # first_line FILE: wait for a process to print its address.
-first_line() {
-	local i
-	for ((i = 0; i < 600; i++)); do
-		if [[ -s $1 ]] && head -n1 "$1" | grep -q .; then
-			head -n1 "$1"
-			return
-		fi
-		sleep 0.05
-	done
-	log "no address in $1"
-	return 1
-}
 
 # ---- machine and build ----------------------------------------------------
 
@@ -177,24 +165,11 @@ SCENARIOS=(
 
 # run_load REP LABEL PROTO UPSTREAM ARGS...: one run, one result line.
 run_load() {
-	local rep=$1 label=$2 proto=$3 up=$4 out line rc=0
+	local rep=$1 label=$2 proto=$3 up=$4
 	shift 4
-	out=$TMP/load.out
 	# shellcheck disable=SC2068
-	"$LOAD" run -target "wss://127.0.0.1:$PORT/$up" -proto "$proto" -per-conn "$PER_CONN" \
-		-label "$label" -proxy "$proto" -rep "$rep" \
-		-pids "${PID[caddy]}" -clk-tck "$CLK_TCK" -timeout "$LOAD_TIMEOUT" $@ \
-		>"$out" 2>>"$TMP/load.err" </dev/null &
-	LOADPID=$!
-	wait "$LOADPID" || rc=$?
-	LOADPID=
-	line=$(tail -n1 "$out")
-	if [[ $line != "{"* ]]; then
-		line=$(printf '{"label":"%s","proxy":"%s","rep":%s,"error":"load exited with status %s and no result"}' \
-			"$label" "$proto" "$rep" "$rc")
-	fi
-	echo "$line" >>"$RESULTS"
-	log "rep $rep $label $proto: ${line:0:240}"
+	load_and_record "$rep" "$label" "$proto" -target "wss://127.0.0.1:$PORT/$up" -proto "$proto" -per-conn "$PER_CONN" \
+		-pids "${PID[caddy]}" $@
 }
 
 # ---- the run ------------------------------------------------------------------
