@@ -48,10 +48,17 @@ func startClient(t testing.TB, env []string, args ...string) *clientRun {
 	if r.stdin, err = r.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
-	if r.stdout, err = r.cmd.StdoutPipe(); err != nil {
+	// Our own pipe, not StdoutPipe: Wait, which runs as soon as the process
+	// exits, closes that one, and output not yet read would be lost.
+	stdout, w, err := os.Pipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.cmd.Start(); err != nil {
+	r.stdout, r.cmd.Stdout = stdout, w
+	t.Cleanup(func() { stdout.Close() })
+	err = r.cmd.Start()
+	w.Close() // the child has its copy; EOF comes when it exits
+	if err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -165,6 +172,10 @@ func TestTCPToWSStdioServerEnds(t *testing.T) {
 	if err != nil || !bytes.Equal(out, data) {
 		t.Fatalf("stdout: %d bytes, %v; want the %d bytes sent", len(out), err, len(data))
 	}
+	// The reading program, at its EOF, exits and so closes its end of the
+	// input too: the client then ends at once (TestTCPToWSBytesRightAfterHandshake
+	// keeps the input open, which the client waits on up to the close grace).
+	r.stdin.Close()
 	if st := r.status(t); st != exitClientOK {
 		t.Fatalf("exit status %d, want 0", st)
 	}
@@ -204,7 +215,7 @@ func TestTCPToWSListen(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- echoThrough(addr, int64(1+i)<<20)
+			errs <- echoThrough(addr, int64(1+i)<<18)
 		}()
 	}
 	wg.Wait()
@@ -460,8 +471,14 @@ func TestTCPToWSBytesRightAfterHandshake(t *testing.T) {
 	s := startCaddy(t, `{HTTP} {
 	ws_to_tcp `+up.addr+`
 }`)
-	for range 5 {
-		r := startClient(t, nil, s.wsURL("/")) // input stays open
+	// Several clients at once, as the bytes may or may not share a read
+	// with the 101 response; each waits out the close grace on its open
+	// input, in parallel.
+	runs := make([]*clientRun, 5)
+	for i := range runs {
+		runs[i] = startClient(t, nil, s.wsURL("/")) // input stays open
+	}
+	for _, r := range runs {
 		out, _ := io.ReadAll(r.stdout)
 		if st := r.status(t); string(out) != "SSH-2.0-banner\r\n" || st != exitClientOK {
 			t.Fatalf("stdout %q, exit %d, stderr %q", out, st, r.stderr.String())

@@ -79,7 +79,7 @@ func (s *tlsSite) dialer(t *testing.T, transport string) streamDialer {
 
 var streamTransports = []string{transportH2, transportH3}
 
-// A 16 MiB echo over each transport, sha256 checked both ways, with the
+// A 4 MiB echo over each transport, sha256 checked both ways, with the
 // closing handshake started by the client; the admin API lists the
 // tunnel with its transport.
 func TestExtendedConnectEcho(t *testing.T) {
@@ -108,7 +108,7 @@ func TestExtendedConnectEcho(t *testing.T) {
 				t.Fatalf("admin lists %+v, want one %s tunnel", list, transport)
 			}
 
-			data := make([]byte, 16<<20)
+			data := make([]byte, 4<<20)
 			rand.Read(data)
 			sent := sha256.Sum256(data)
 			go func() {
@@ -441,7 +441,7 @@ func TestExtendedConnectStalledStreamStallsOnlyItself(t *testing.T) {
 			}
 			defer ws.close()
 			msg := bytes.Repeat([]byte{byte(i)}, 32<<10)
-			for range 32 { // 1 MiB each way
+			for range 8 { // 256 KiB each way
 				if err := ws.write(wsframe.OpBinary, msg); err != nil {
 					errs <- err
 					return
@@ -499,12 +499,15 @@ func TestExtendedConnectConnectionEndEndsItsTunnels(t *testing.T) {
 				wss = append(wss, ws)
 				ucs = append(ucs, up.accept(t))
 			}
-			// One closes: the other two still relay.
+			// One closes: its upstream reads EOF (a half-close) and closes
+			// too, which the Close echo waits for; the other two still
+			// relay.
 			wss[0].closeWith(wsframe.CloseNormal)
+			readEOFOrReset(t, ucs[0])
+			ucs[0].Close()
 			if _, _, err := wss[0].readData(); closeCodeOf(err) != wsframe.CloseNormal {
 				t.Fatalf("%v, want the Close echoed", err)
 			}
-			readEOFOrReset(t, ucs[0])
 			for i := 1; i < 3; i++ {
 				ucs[i].Write([]byte("still here"))
 				if _, p, err := wss[i].readData(); err != nil || string(p) != "still here" {

@@ -174,9 +174,9 @@ func TestMetricsAcrossReload(t *testing.T) {
 	defer c2.Close()
 	added.accept(t)
 	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
-	expectClose(t, c, ioTimeout)
-	readEOF(t, uc, ioTimeout)
+	readEOF(t, uc, ioTimeout) // a half-close: the Close echo waits for the upstream's end
 	uc.Close()
+	expectClose(t, c, ioTimeout)
 	closed := s.waitMetrics("after the close", func(m map[string]float64) bool {
 		return m[mActive]-base[mActive] == 1 && m[mTotal("client")] > base[mTotal("client")]
 	})
