@@ -584,6 +584,7 @@ func isMuxRedirect(status int) bool {
 // router then fails to load, instead of answering 404 to every id. The
 // setting is read once at start, hence the test binary run again with it.
 func TestAdminNeedsServeMuxPatterns(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("WSTOTCP_TEST_HTTPMUXGO121") == "1" {
 		fmt.Printf("provision: %v\n", new(adminAPI).Provision(caddy.Context{}))
 		return

@@ -842,6 +842,7 @@ func TestTunnelMemoryIndependentOfHeaders(t *testing.T) {
 // highest, or unknown. The work is counted, not timed: 2^cost per
 // comparison, the number of rounds bcrypt runs.
 func TestBasicAuthWrongPasswordSameWork(t *testing.T) {
+	t.Parallel()
 	hashOf := func(pw string, cost int) string {
 		h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
 		if err != nil {

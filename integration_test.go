@@ -33,6 +33,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,11 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	flag.Parse()
+	// The tests marked parallel wait on sockets and child processes more
+	// than on a CPU: one per CPU, the default, leaves the machine idle.
+	if f := flag.Lookup("test.parallel"); f.Value.String() == strconv.Itoa(runtime.GOMAXPROCS(0)) {
+		f.Value.Set(strconv.Itoa(4 * runtime.GOMAXPROCS(0)))
+	}
 	if runs(browserTests...) {
 		go startChromium() // its start-up overlaps the tests before the browser's
 	}

@@ -89,14 +89,19 @@ func TestCrossOriginRefusedByDefault(t *testing.T) {
 func TestConcurrentClientsEcho(t *testing.T) {
 	t.Parallel()
 	up := echoUpstream(t)
-	s := serveJSON(t, `{"upstreams": [{"dial": "`+up.addr+`"}]}`)
+	// The dial timeout is the I/O timeout of the tests: 500 dials at once
+	// on a loaded 2-core machine can take longer than the default 5 s.
+	s := serveJSON(t, `{"upstreams": [{"dial": "`+up.addr+`"}], "dial_timeout": "30s"}`)
 	const clients, size, msg = 500, 16 << 10, 4 << 10
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i := range clients {
 		wg.Go(func() {
-			c, _, err := s.tryDial("/", nil)
+			c, resp, err := s.tryDial("/", nil)
 			if err != nil {
+				if resp != nil {
+					err = fmt.Errorf("%w: %s", err, resp.Status)
+				}
 				errs <- err
 				return
 			}
