@@ -593,6 +593,13 @@ func instanceOf(session string) string {
 	return session
 }
 
+// fetchMembers returns the sessions of the live instances.
+func (n *clusterNode) fetchMembers(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, clusterTimeout)
+	defer cancel()
+	return membersScript.Run(ctx, n.client, []string{n.membersKey()}).StringSlice()
+}
+
 func (n *clusterNode) publish(ctx context.Context, channel string, v any) error {
 	payload, err := json.Marshal(v)
 	if err != nil {
@@ -657,4 +664,13 @@ for _, k in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('HDEL', k, ARG
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 0
+`)
+
+// membersScript answers the live members.
+//
+// KEYS[1] members.
+var membersScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 `)

@@ -172,7 +172,14 @@ func clusterAdmin(w http.ResponseWriter, r *http.Request, e adminEndpoint, timeo
 // until all have answered or the timeout; it names the members that did
 // not answer.
 func (n *clusterNode) fanOut(ctx context.Context, req clusterRequest, timeout time.Duration) (map[string]instanceAnswer, []string, error) {
-	expected := slices.DeleteFunc(n.liveMembers(), func(s string) bool { return s == n.session })
+	// The members now, not as of the last heartbeat: one that joined since
+	// is waited for too.
+	members, err := n.fetchMembers(ctx)
+	if err != nil {
+		n.setUp(false, err)
+		return nil, nil, err
+	}
+	expected := slices.DeleteFunc(members, func(s string) bool { return s == n.session })
 	ch := make(chan clusterReply, len(expected)+16)
 	n.pendingMu.Lock()
 	n.pending[req.ID] = ch

@@ -14,25 +14,30 @@ import (
 )
 
 // site is the site block of a cluster instance: /echo relays to up, with
-// JWT users, a channel from ?room=, max_connections_per_user 3 and the
-// cluster settings (a 2 s lease), plus extra lines.
+// JWT users, a channel from ?room= and the cluster settings (a 2 s lease
+// unless extra has one), plus extra lines.
 func site(rs *redisServer, up, name, extra string) string {
+	lease := "cluster_lease 2s"
+	if strings.Contains(extra, "cluster_lease") {
+		lease = ""
+	}
 	return fmt.Sprintf(`	route /echo {
 		ws_to_tcp %s {
 			auth {
 				jwt {
-					secret %s
+					secret {env.CLUSTER_TEST_JWT}
 				}
 			}
 			channel {http.request.uri.query.room}
-			max_connections_per_user 3
 			cluster %s wstest:
 			cluster_name %s
-			cluster_lease 2s
+			%s
 %s
 		}
-	}`, up, jwtSecret, rs.url(), name, extra)
+	}`, up, rs.url(), name, lease, extra)
 }
+
+const limit = "max_connections_per_user 3"
 
 // startCluster starts three instances named a, b and c, extra[i] added to
 // the handler of the i-th, and waits until they see each other.
@@ -189,7 +194,7 @@ func TestClusterBroadcastOnce(t *testing.T) {
 func TestClusterUserLimitBurst(t *testing.T) {
 	rs := startRedis(t)
 	up := startEcho(t, "")
-	all := startCluster(t, rs, up.addr)
+	all := startCluster(t, rs, up.addr, limit, limit, limit)
 
 	const n = 100
 	start := make(chan struct{})
@@ -250,7 +255,7 @@ func TestClusterUserLimitBurst(t *testing.T) {
 func TestClusterKilledInstanceGivesSlotsBack(t *testing.T) {
 	rs := startRedis(t)
 	up := startEcho(t, "")
-	all := startCluster(t, rs, up.addr)
+	all := startCluster(t, rs, up.addr, limit, limit, limit)
 	a, b, victim := all[0], all[1], all[2]
 
 	for range 3 {
@@ -290,7 +295,7 @@ func TestClusterKilledInstanceGivesSlotsBack(t *testing.T) {
 func TestClusterRedisOutage(t *testing.T) {
 	rs := startRedis(t)
 	up := startEcho(t, "")
-	all := startCluster(t, rs, up.addr, "", "cluster_fail closed", "")
+	all := startCluster(t, rs, up.addr, limit, limit+"\n\t\t\tcluster_fail closed", limit)
 	a, b, c := all[0], all[1], all[2]
 
 	var tunnels []*websocket.Conn
@@ -368,7 +373,7 @@ func TestClusterRedisOutage(t *testing.T) {
 func TestClusterSharedHealth(t *testing.T) {
 	rs := startRedis(t)
 	x := startEcho(t, "X")
-	y := startEcho(t, "Y")
+	y := startEcho(t, "OK Y")
 	ups := x.addr + " " + y.addr
 	checks := "lb_policy first\n\t\t\tlb_retries 1\n"
 	all := startCluster(t, rs, ups,
@@ -382,10 +387,11 @@ func TestClusterSharedHealth(t *testing.T) {
 		return readText(t, conn)
 	}
 	for _, in := range []*instance{b, c} {
-		eventually(t, in.name+" to skip X, down at a", func() bool { return first(in) == "Y" })
+		eventually(t, in.name+" to skip X, down at a", func() bool { return first(in) == "OK Y" })
 	}
 	var view struct {
-		clusterAnswer
+		Scope     string
+		Missing   []string
 		Instances []struct {
 			Instance  string
 			Upstreams []struct {
@@ -395,8 +401,8 @@ func TestClusterSharedHealth(t *testing.T) {
 		}
 	}
 	b.admin(t, "GET", "/ws_to_tcp/upstreams?scope=cluster", "", "", &view)
-	if len(view.Instances) != 3 {
-		t.Fatalf("upstreams: %d instances answered, want 3", len(view.Instances))
+	if len(view.Instances) != 3 || view.Scope != "cluster" || len(view.Missing) != 0 {
+		t.Fatalf("upstreams: scope %q, %d instances answered, missing %v; want cluster, 3, none", view.Scope, len(view.Instances), view.Missing)
 	}
 	for _, i := range view.Instances {
 		for _, u := range i.Upstreams {
@@ -408,6 +414,6 @@ func TestClusterSharedHealth(t *testing.T) {
 
 	x.setGreeting("OK X") // a's checks pass again
 	for _, in := range []*instance{b, c} {
-		eventually(t, in.name+" to use X again", func() bool { return strings.HasPrefix(first(in), "OK") })
+		eventually(t, in.name+" to use X again", func() bool { return first(in) == "OK X" })
 	}
 }

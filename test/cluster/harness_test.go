@@ -261,6 +261,7 @@ func startInstance(t *testing.T, name, site string, wantCluster bool) *instance 
 }
 
 http://127.0.0.1:%d {
+	bind 127.0.0.1
 %s
 }
 `, in.adminPort, in.httpPort, site)
@@ -269,7 +270,7 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	in.proc = startProcess(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
+	in.proc = startProcess(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir, "CLUSTER_TEST_JWT=" + jwtSecret},
 		caddyBin, "run", "--config", file, "--adapter", "caddyfile")
 	t.Cleanup(func() {
 		if t.Failed() {
