@@ -270,13 +270,19 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	in.proc = startProcess(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir, "CLUSTER_TEST_JWT=" + jwtSecret},
-		caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	// Registered before startProcess's kill, so run after it: the
+	// output is complete.
 	t.Cleanup(func() {
+		out := in.proc.out.String()
+		if strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race", name)
+		}
 		if t.Failed() {
-			t.Logf("output of %s:\n%s", name, in.proc.out.String())
+			t.Logf("output of %s:\n%s", name, out)
 		}
 	})
+	in.proc = startProcess(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir, "CLUSTER_TEST_JWT=" + jwtSecret},
+		caddyBin, "run", "--config", file, "--adapter", "caddyfile")
 	eventually(t, name+" to serve its admin endpoint", func() bool {
 		if in.proc.exited() {
 			t.Fatalf("%s exited:\n%s", name, in.proc.out.String())
