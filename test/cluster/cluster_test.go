@@ -417,3 +417,58 @@ func TestClusterSharedHealth(t *testing.T) {
 		eventually(t, in.name+" to use X again", func() bool { return first(in) == "OK X" })
 	}
 }
+
+// A config reload that keeps the cluster settings keeps the instance's
+// membership and its slots: the tunnels opened before it still count and
+// are still listed, under the same instance, once.
+func TestClusterReloadKeepsSlots(t *testing.T) {
+	rs := startRedis(t)
+	up := startEcho(t, "")
+	all := startCluster(t, rs, up.addr, limit, limit, limit)
+	a, b := all[0], all[1]
+	var kept []*websocket.Conn
+	for range 3 {
+		kept = append(kept, a.mustDial(t, "/echo", "alice"))
+	}
+	sessions := func() []string {
+		m, err := rs.client.ZRange(context.Background(), "wstest:members", 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	before := sessions()
+
+	// The same Caddyfile with one more route: a new configuration.
+	cfg := strings.Replace(a.config, "\troute /echo {", "\troute /other {\n\t\trespond 204\n\t}\n\troute /echo {", 1)
+	if st := a.admin(t, "POST", "/load", "text/caddyfile", cfg, nil); st != http.StatusOK {
+		t.Fatalf("reload: status %d", st)
+	}
+	eventually(t, "the new configuration to serve", func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/other", a.httpPort))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusNoContent
+	})
+	for _, c := range kept {
+		echo(t, c, "after the reload")
+	}
+	if _, st := b.dial(t, "/echo", "alice"); st != http.StatusServiceUnavailable {
+		t.Fatalf("alice's 4th tunnel after a's reload: status %d, want 503", st)
+	}
+	if after := sessions(); !slices.Equal(after, before) {
+		t.Fatalf("members %v before the reload, %v after: the reload made a new membership", before, after)
+	}
+	var list clusterAnswer
+	b.admin(t, "GET", "/ws_to_tcp/connections?scope=cluster&user=alice", "", "", &list)
+	if len(list.Connections) != 3 || len(list.Instances) != 3 {
+		t.Fatalf("after the reload: %d connections from %d instances, want 3 from 3", len(list.Connections), len(list.Instances))
+	}
+	kept[0].Close()
+	eventually(t, "a slot given back by a tunnel of the old configuration", func() bool {
+		c, _ := b.dial(t, "/echo", "alice")
+		return c != nil
+	})
+}

@@ -225,6 +225,7 @@ func (rs *redisServer) commandCalls(t *testing.T) map[string]int {
 
 // instance is one Caddy process of a cluster.
 type instance struct {
+	config    string // its Caddyfile
 	name      string
 	adminPort int
 	httpPort  int
@@ -265,6 +266,7 @@ http://127.0.0.1:%d {
 %s
 }
 `, in.adminPort, in.httpPort, site)
+	in.config = cfg
 	dir := t.TempDir()
 	file := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
