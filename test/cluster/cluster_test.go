@@ -435,6 +435,7 @@ func TestClusterReloadKeepsSlots(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		slices.Sort(m)
 		return m
 	}
 	before := sessions()
@@ -458,6 +459,23 @@ func TestClusterReloadKeepsSlots(t *testing.T) {
 	if _, st := b.dial(t, "/echo", "alice"); st != http.StatusServiceUnavailable {
 		t.Fatalf("alice's 4th tunnel after a's reload: status %d, want 503", st)
 	}
+	// One heartbeat of a's membership after the reload: a node the new
+	// configuration made for itself would have joined by then (its first
+	// heartbeat comes as its configuration starts).
+	var aSession string
+	for _, m := range before {
+		if strings.HasPrefix(m, "a/") {
+			aSession = m
+		}
+	}
+	renewed, err := rs.client.ZScore(context.Background(), "wstest:members", aSession).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a's membership to be renewed after the reload", func() bool {
+		s, err := rs.client.ZScore(context.Background(), "wstest:members", aSession).Result()
+		return err == nil && s > renewed
+	})
 	if after := sessions(); !slices.Equal(after, before) {
 		t.Fatalf("members %v before the reload, %v after: the reload made a new membership", before, after)
 	}
