@@ -193,7 +193,7 @@ func TestClusterScopeWithoutCluster(t *testing.T) {
 	none := len(clusterNodes.m) == 0
 	clusterNodes.Unlock()
 	if !none {
-		t.Skip("another test's handler has a cluster")
+		t.Fatal("a cluster node is still registered: a handler with a cluster was not cleaned up, or its node did not stop")
 	}
 	status, body := runLocal(clusterRequest{Method: "GET", Path: "/ws_to_tcp/nothing"})
 	if status != http.StatusNotFound || !strings.Contains(string(body), "no such endpoint") {

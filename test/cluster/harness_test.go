@@ -249,6 +249,20 @@ func token(t testing.TB, user string) string {
 // endpoint answers and, when wantCluster, its cluster is up.
 func startInstance(t *testing.T, name, site string, wantCluster bool) *instance {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		in, err := tryInstance(t, name, site, wantCluster)
+		if err == nil {
+			return in
+		}
+		// A free port taken by another process in between: new ports.
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+	}
+}
+
+func tryInstance(t *testing.T, name, site string, wantCluster bool) (*instance, error) {
+	t.Helper()
 	in := &instance{name: name, adminPort: freePort(t), httpPort: freePort(t)}
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -285,13 +299,15 @@ http://127.0.0.1:%d {
 	})
 	in.proc = startProcess(t, []string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir, "CLUSTER_TEST_JWT=" + jwtSecret},
 		caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	var exited error
 	eventually(t, name+" to serve its admin endpoint", func() bool {
 		if in.proc.exited() {
-			t.Fatalf("%s exited:\n%s", name, in.proc.out.String())
+			exited = fmt.Errorf("%s exited:\n%s", name, in.proc.out.String())
+			return true
 		}
 		return in.metric("caddy_ws_to_tcp_cluster_up") == 1 || !wantCluster && in.adminUp()
 	})
-	return in
+	return in, exited
 }
 
 func (in *instance) adminUp() bool {
