@@ -250,6 +250,32 @@ func TestClusterUserLimitBurst(t *testing.T) {
 	echo(t, again, "again")
 }
 
+// max_connections and max_connections_per_ip count across the cluster too.
+// Clients come from 127.0.0.1 and 127.0.0.2 (Linux answers for the whole
+// loopback /8).
+func TestClusterTotalAndPerIPLimits(t *testing.T) {
+	rs := startRedis(t)
+	up := startEcho(t, "")
+	limits := "max_connections 3\n\t\t\tmax_connections_per_ip 2"
+	all := startCluster(t, rs, up.addr, limits, limits, limits)
+	a, b, c := all[0], all[1], all[2]
+	for _, tc := range []struct {
+		in     *instance
+		src    string
+		status int
+	}{
+		{a, "127.0.0.1", http.StatusSwitchingProtocols},
+		{b, "127.0.0.1", http.StatusSwitchingProtocols},
+		{c, "127.0.0.1", http.StatusServiceUnavailable}, // 2 from this address in the cluster
+		{c, "127.0.0.2", http.StatusSwitchingProtocols},
+		{a, "127.0.0.2", http.StatusServiceUnavailable}, // 3 in the cluster
+	} {
+		if _, st := tc.in.dialFrom(t, tc.src, "/echo", "u"); st != tc.status {
+			t.Fatalf("from %s on %s: status %d, want %d", tc.src, tc.in.name, st, tc.status)
+		}
+	}
+}
+
 // The slots of an instance killed with SIGKILL count until its lease runs
 // out (2 s here), then no more: the others admit again.
 func TestClusterKilledInstanceGivesSlotsBack(t *testing.T) {

@@ -371,12 +371,22 @@ func (in *instance) admin(t testing.TB, method, path, contentType, body string, 
 // connection, or the handshake's status when it was refused.
 func (in *instance) dial(t testing.TB, path, user string) (*websocket.Conn, int) {
 	t.Helper()
+	return in.dialFrom(t, "", path, user)
+}
+
+// dialFrom is dial from the loopback address src ("" for any).
+func (in *instance) dialFrom(t testing.TB, src, path, user string) (*websocket.Conn, int) {
+	t.Helper()
 	sep := "?"
 	if strings.Contains(path, "?") {
 		sep = "&"
 	}
 	u := fmt.Sprintf("ws://127.0.0.1:%d%s%saccess_token=%s", in.httpPort, path, sep, token(t, user))
 	d := websocket.Dialer{HandshakeTimeout: ioTimeout}
+	if src != "" {
+		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: ioTimeout}
+		d.NetDialContext = nd.DialContext
+	}
 	c, resp, err := d.Dial(u, nil)
 	if err != nil {
 		if resp != nil {
