@@ -116,6 +116,14 @@ func byMethod(endpoints []adminEndpoint) caddy.AdminHandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		for _, e := range endpoints {
 			if e.method == r.Method {
+				// ?scope=cluster: every instance (cluster_admin.go)
+				cluster, timeout, err := takeScope(r)
+				if err != nil {
+					return err
+				}
+				if cluster {
+					return clusterAdmin(w, r, e, timeout)
+				}
 				return e.handle(w, r)
 			}
 		}
@@ -161,6 +169,7 @@ type connInfo struct {
 	Subprotocol string    `json:"subprotocol"`
 	Channel     string    `json:"channel"`
 	Transport   string    `json:"transport"`
+	Instance    string    `json:"instance,omitempty"` // with a cluster: the instance's id
 	State       string    `json:"state"`
 	Started     time.Time `json:"started"`
 	BytesIn     int64     `json:"bytes_in"`
@@ -179,6 +188,7 @@ func infoOf(t *tunnel) connInfo {
 		Subprotocol: t.subprotocol,
 		Channel:     t.channel,
 		Transport:   t.transport,
+		Instance:    t.h.instanceName(),
 		State:       t.state(),
 		Started:     t.started.UTC().Truncate(time.Millisecond),
 		BytesIn:     s.BytesIn,
@@ -205,6 +215,10 @@ func (c *connInfo) appendJSON(b []byte) []byte {
 	b = appendJSONString(b, c.Channel)
 	b = append(b, `,"transport":`...)
 	b = appendJSONString(b, c.Transport)
+	if c.Instance != "" {
+		b = append(b, `,"instance":`...)
+		b = appendJSONString(b, c.Instance)
+	}
 	b = append(b, `,"state":`...)
 	b = appendJSONString(b, c.State)
 	b = append(b, `,"started":"`...)

@@ -117,6 +117,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			timeout <duration>
 //		}
 //		allow_targets <cidr|ip|host glob>[:<port>|<lo-hi>]... | unix/<path glob>...
+//		cluster <redis-url> [<prefix>]
+//		cluster_fail open|closed
+//		cluster_name <instance id>
+//		cluster_lease <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name; httpcaddyfile removed the matcher
@@ -252,6 +256,8 @@ func (h *Handler) parseSubdirective(d *caddyfile.Dispenser, sub string) error {
 			return d.Errf("allow_targets: at least one pattern is required")
 		}
 		h.AllowTargets = append(h.AllowTargets, args...)
+	case "cluster", "cluster_fail", "cluster_name", "cluster_lease":
+		return h.parseCluster(d, sub) // cluster.go's settings
 	default:
 		return d.Errf("unrecognized ws_to_tcp subdirective %q", sub)
 	}
@@ -659,3 +665,37 @@ func parseJWT(d *caddyfile.Dispenser, a *Auth) error {
 }
 
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// parseCluster reads the cluster subdirectives. They are subdirectives of
+// the handler, not a global option, because what they share is the
+// handler's: its limits, its tunnels and its upstreams (README, Cluster).
+func (h *Handler) parseCluster(d *caddyfile.Dispenser, sub string) error {
+	if h.Cluster == nil {
+		h.Cluster = new(Cluster)
+	}
+	c := h.Cluster
+	switch sub {
+	case "cluster":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("cluster: expected <redis-url> [<prefix>]")
+		}
+		c.Redis = args[0]
+		if len(args) == 2 {
+			c.Prefix = args[1]
+		}
+	case "cluster_fail":
+		var v string
+		if !d.AllArgs(&v) || v != "open" && v != "closed" {
+			return d.Errf("cluster_fail: expected open or closed")
+		}
+		c.Fail = v
+	case "cluster_name":
+		if !d.AllArgs(&c.Name) {
+			return d.Errf("cluster_name: expected one name")
+		}
+	case "cluster_lease":
+		return parsePositiveDuration(d, &c.Lease)
+	}
+	return nil
+}

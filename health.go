@@ -191,6 +191,7 @@ type upstreamState struct {
 	failsInRow  int        // active: consecutive failed checks
 	passesInRow int        // active: consecutive passed checks
 	owners      []*Handler // the loaded handlers that have the address
+	clusterDown bool       // another instance of a cluster reports it down (cluster_health.go)
 }
 
 // acquireState returns the state of an upstream address, creating it
@@ -198,11 +199,15 @@ type upstreamState struct {
 // reference back.
 func acquireState(dial string) *upstreamState {
 	v, _, _ := upstreamStates.LoadOrNew(dial, func() (caddy.Destructor, error) {
-		s := &upstreamState{dial: dial}
-		s.up.Store(true)
+		s := &upstreamState{dial: dial, clusterDown: clusterDownBy(dial) != ""}
+		s.up.Store(!s.clusterDown)
 		healthMetric.Lock()
 		healthMetric.current[dial] = s
-		upstreamHealthy.WithLabelValues(dial).Set(1)
+		if s.clusterDown {
+			upstreamHealthy.WithLabelValues(dial).Set(0)
+		} else {
+			upstreamHealthy.WithLabelValues(dial).Set(1)
+		}
 		healthMetric.Unlock()
 		return s, nil
 	})
@@ -260,9 +265,16 @@ func (s *upstreamState) tryAcquire(limit int64) bool {
 	}
 }
 
-// healthyLocked is the verdict: not down by the active checks, and fewer
-// failures counting than max_fails.
+// healthyLocked is the verdict: not down by the active checks, fewer
+// failures counting than max_fails, and no instance of a cluster reports
+// it down.
 func (s *upstreamState) healthyLocked() bool {
+	return s.localHealthyLocked() && !s.clusterDown
+}
+
+// localHealthyLocked is this instance's own verdict, which a cluster
+// shares (cluster_health.go).
+func (s *upstreamState) localHealthyLocked() bool {
 	return !s.activeDown && (s.maxFails == 0 || s.fails < s.maxFails)
 }
 
@@ -275,7 +287,9 @@ func (s *upstreamState) update(f func() (reason string)) {
 	s.emitMu.Lock()
 	defer s.emitMu.Unlock()
 	s.mu.Lock()
+	localBefore := s.localHealthyLocked()
 	reason := f()
+	localChanged := s.localHealthyLocked() != localBefore
 	healthy := s.healthyLocked()
 	changed := healthy != s.up.Load()
 	if changed {
@@ -290,6 +304,9 @@ func (s *upstreamState) update(f func() (reason string)) {
 	}
 	orphan := len(s.owners) == 0 // no configuration has the address any more
 	s.mu.Unlock()
+	if localChanged {
+		kickClusterNodes() // the cluster hears of it (cluster_health.go)
+	}
 	if !changed || orphan {
 		return
 	}

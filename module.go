@@ -250,6 +250,12 @@ type Handler struct {
 	// Default: none, every target of the token table is trusted.
 	AllowTargets []string `json:"allow_targets,omitempty"`
 
+	// Join a cluster of Caddy instances through Redis: the admin API's
+	// `?scope=cluster`, max_connections, max_connections_per_ip and
+	// max_connections_per_user, and upstream health then span every
+	// instance. See Cluster. Default: none, this instance alone.
+	Cluster *Cluster `json:"cluster,omitempty"`
+
 	ctx         caddy.Context
 	logger      *zap.Logger
 	events      *caddyevents.App // nil without an events app
@@ -261,6 +267,7 @@ type Handler struct {
 	limits      *connLimits     // nil without limits
 	lb          *balancer       // upstream pool, policy, health; see loadbalancer.go
 	targets     *targetResolver // nil without targets or placeholders in to
+	cluster     *handlerCluster // nil without cluster
 }
 
 // CaddyModule returns the Caddy module information.
@@ -358,7 +365,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.provisionStreams(ctx)
-	return nil
+	return h.provisionCluster(ctx) // last: nothing after it fails
 }
 
 // validateSettings checks the handler's own plain settings: those of the
@@ -468,6 +475,7 @@ func (h *Handler) Cleanup() error {
 	}
 	h.cleanupTargets()
 	h.releaseUpstreams()
+	h.releaseCluster()
 	return nil
 }
 

@@ -14,6 +14,10 @@ import (
 type connLimits struct {
 	maxTotal, maxIP, maxUser int // 0: no limit
 
+	// With a cluster, the limits count every instance's connections too
+	// (cluster_limits.go); nil without.
+	cluster *clusterLimits
+
 	mu      sync.Mutex
 	total   int
 	perIP   map[string]int
@@ -49,6 +53,7 @@ type slots struct {
 	ip     string
 	user   string         // holds a slot of limits.perUser[user]; "" when none
 	up     *upstreamState // holds one of up.active; nil when none
+	lease  *clusterLease  // the cluster's slots (cluster_limits.go); nil when none
 
 	handedOver bool        // the tunnel owns the slots
 	released   atomic.Bool // release ran
@@ -63,20 +68,32 @@ func (l *connLimits) take(ip string) (*slots, error) {
 	if l == nil || l.maxTotal <= 0 && l.maxIP <= 0 {
 		return s, nil
 	}
+	if err := l.takeLocal(s); err != nil {
+		return nil, err
+	}
+	// The cluster's count next, outside the lock: one Redis round trip.
+	if err := l.cluster.takeConn(s, l.maxTotal, l.maxIP); err != nil {
+		s.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (l *connLimits) takeLocal(s *slots) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.maxTotal > 0 && l.total >= l.maxTotal {
-		return nil, fmt.Errorf("too many connections (max_connections %d)", l.maxTotal)
+		return fmt.Errorf("too many connections (max_connections %d)", l.maxTotal)
 	}
-	if l.maxIP > 0 && l.perIP[ip] >= l.maxIP {
-		return nil, fmt.Errorf("too many connections from this client address (max_connections_per_ip %d)", l.maxIP)
+	if l.maxIP > 0 && l.perIP[s.ip] >= l.maxIP {
+		return fmt.Errorf("too many connections from this client address (max_connections_per_ip %d)", l.maxIP)
 	}
 	l.total++
 	if l.maxIP > 0 {
-		l.perIP[ip]++
+		l.perIP[s.ip]++
 	}
 	s.conn = true
-	return s, nil
+	return nil
 }
 
 // takeUser adds a slot of the user's. Connections without a user are not
@@ -87,11 +104,18 @@ func (s *slots) takeUser(user string) error {
 		return nil
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.perUser[user] >= l.maxUser {
+		l.mu.Unlock()
 		return fmt.Errorf("too many connections for this user (max_connections_per_user %d)", l.maxUser)
 	}
 	l.perUser[user]++
+	l.mu.Unlock()
+	if err := l.cluster.takeUser(s, user, l.maxUser); err != nil {
+		l.mu.Lock()
+		decrement(l.perUser, user)
+		l.mu.Unlock()
+		return err
+	}
 	s.user = user
 	return nil
 }
@@ -137,6 +161,7 @@ func (s *slots) release() {
 		return
 	}
 	s.dropUpstream()
+	s.lease.release()
 	l := s.limits
 	if l == nil || !s.conn && s.user == "" {
 		return
