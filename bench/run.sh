@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of ws_to_tcp against a plain Go TCP relay (and
-# websockify when installed), interleaved, reporting ratios. See
+# Side-by-side benchmark of ws_to_tcp against two references, a plain Go
+# TCP relay and a bare WebSocket-to-TCP relay (and websockify when
+# installed), interleaved, reporting ratios to both references. See
 # bench/README.md.
 #
 #   bash bench/run.sh                    # full run, REPS=5
@@ -102,6 +103,7 @@ else
 	fi
 fi
 go build -o "$BIN/relay" ./bench/relay
+go build -o "$BIN/wsrelay" ./bench/wsrelay
 go build -o "$BIN/load" ./bench/load
 LOAD=$BIN/load
 
@@ -119,7 +121,7 @@ log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
 
 # ---- proxies --------------------------------------------------------------
 
-PROXIES=(ws_to_tcp relay)
+PROXIES=(ws_to_tcp wsrelay relay)
 [[ $WEBSOCKIFY == 1 ]] && PROXIES+=(websockify)
 declare -A ADDR=()    # proxy/upstream -> address
 
@@ -157,6 +159,18 @@ start_relay() {
 	line=$(first_line "$TMP/relay.out") || die "the relay did not start: $(tail -3 "$TMP/relay.err")"
 	read -r -a a <<<"$line"
 	ADDR[relay/echo]=tcp://${a[0]} ADDR[relay/sink]=tcp://${a[1]} ADDR[relay/source]=tcp://${a[2]}
+}
+
+# The bare WebSocket relay: like the relay, one process with three
+# listeners; any path on a listener goes to its upstream.
+start_wsrelay() {
+	"$BIN/wsrelay" -listen 127.0.0.1:0 -to "${UP[echo]}" -to "${UP[sink]}" -to "${UP[source]}" \
+		>"$TMP/wsrelay.out" 2>>"$TMP/wsrelay.err" &
+	PID[wsrelay]=$!
+	local a line
+	line=$(first_line "$TMP/wsrelay.out") || die "wsrelay did not start: $(tail -3 "$TMP/wsrelay.err")"
+	read -r -a a <<<"$line"
+	ADDR[wsrelay/echo]=ws://${a[0]}/ ADDR[wsrelay/sink]=ws://${a[1]}/ ADDR[wsrelay/source]=ws://${a[2]}/
 }
 
 # websockify has one target per process: one process per upstream.
@@ -255,6 +269,7 @@ run_load() {
 # ---- the run ------------------------------------------------------------------
 
 T_START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "REPS=$REPS SIZE=$SIZE DURATION=$DURATION IDLE_CONNS='$IDLE_CONNS' proxies: ${PROXIES[*]}"
 for ((rep = 1; rep <= REPS; rep++)); do
 	# Alternate the order of the proxies so that drift and warm-up hit all alike.
@@ -288,6 +303,7 @@ for proxy in "${PROXIES[@]}"; do
 	[[ $proxy == websockify ]] || record_rss "$proxy" "$REPS"
 done
 ELAPSED=$(($(date +%s) - T_START))
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report -------------------------------------------------------------------
 
@@ -301,6 +317,10 @@ cp "$RESULTS" "$ROOT/bench/results/latest.jsonl"
 	if [[ -n ${CADDY_BIN:-} ]]; then
 		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
 	fi
+	echo "- load average (1, 5, 15 min) at the start: $LOAD_START, at the end: $LOAD_END" \
+		"(this script's own processes use about 2 CPUs while it runs: more means other work shared the machine)"
+	echo "- references: relay = bench/relay (plain Go TCP relay), wsrelay = bench/wsrelay" \
+		"(net/http + gorilla's Upgrade + internal/relay, the module's tunnel)"
 	echo "- REPS=$REPS, SIZE=$SIZE, DURATION=$DURATION, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD; run took ${ELAPSED}s"
 	if [[ $WEBSOCKIFY == 1 ]]; then
 		echo "- websockify $WSFY_VERSION, one process per upstream; idle runs only up to $WSFY_IDLE_MAX conns" \
