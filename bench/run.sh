@@ -125,30 +125,40 @@ PROXIES=(ws_to_tcp wsrelay relay)
 [[ $WEBSOCKIFY == 1 ]] && PROXIES+=(websockify)
 declare -A ADDR=()    # proxy/upstream -> address
 
+# start_ws_to_tcp: a Caddy on a free port. On a machine shared with other
+# work, a start can be slow or lose its port to another process between
+# `load freeport` and the bind: it is tried three times, 60 s each.
 start_ws_to_tcp() {
-	local port
-	port=$("$LOAD" freeport)
-	cat >"$TMP/Caddyfile" <<-EOF
-		{
-			admin off
-			persist_config off
-			auto_https off
-			log {
-				output discard
+	local port try
+	for try in 1 2 3; do
+		port=$("$LOAD" freeport)
+		cat >"$TMP/Caddyfile" <<-EOF
+			{
+				admin off
+				persist_config off
+				auto_https off
+				log {
+					output discard
+				}
 			}
-		}
-		http://127.0.0.1:$port {
-			bind 127.0.0.1
-			ws_to_tcp /echo ${UP[echo]}
-			ws_to_tcp /sink ${UP[sink]}
-			ws_to_tcp /source ${UP[source]}
-		}
-	EOF
-	XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
-		"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
-	PID[ws_to_tcp]=$!
-	"$LOAD" waitport -addr "127.0.0.1:$port"
-	for up in echo sink source; do ADDR[ws_to_tcp/$up]=ws://127.0.0.1:$port/$up; done
+			http://127.0.0.1:$port {
+				bind 127.0.0.1
+				ws_to_tcp /echo ${UP[echo]}
+				ws_to_tcp /sink ${UP[sink]}
+				ws_to_tcp /source ${UP[source]}
+			}
+		EOF
+		XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
+			"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
+		PID[ws_to_tcp]=$!
+		if "$LOAD" waitport -addr "127.0.0.1:$port" -timeout 60s; then
+			for up in echo sink source; do ADDR[ws_to_tcp/$up]=ws://127.0.0.1:$port/$up; done
+			return 0
+		fi
+		log "caddy did not listen on 127.0.0.1:$port (try $try): $(tail -3 "$TMP/caddy.log")"
+		stop_proc ws_to_tcp
+	done
+	die "caddy did not start"
 }
 
 start_relay() {
