@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of ws_to_tcp against a plain Go TCP relay (and
-# websockify when installed), interleaved, reporting ratios. See
+# Side-by-side benchmark of ws_to_tcp against two references, a plain Go
+# TCP relay and a bare WebSocket-to-TCP relay (and websockify when
+# installed), interleaved, reporting ratios to both references. See
 # bench/README.md.
 #
 #   bash bench/run.sh                    # full run, REPS=5
@@ -102,6 +103,7 @@ else
 	fi
 fi
 go build -o "$BIN/relay" ./bench/relay
+go build -o "$BIN/wsrelay" ./bench/wsrelay
 go build -o "$BIN/load" ./bench/load
 LOAD=$BIN/load
 
@@ -119,34 +121,44 @@ log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
 
 # ---- proxies --------------------------------------------------------------
 
-PROXIES=(ws_to_tcp relay)
+PROXIES=(ws_to_tcp wsrelay relay)
 [[ $WEBSOCKIFY == 1 ]] && PROXIES+=(websockify)
 declare -A ADDR=()    # proxy/upstream -> address
 
+# start_ws_to_tcp: a Caddy on a free port. On a machine shared with other
+# work, a start can be slow or lose its port to another process between
+# `load freeport` and the bind: it is tried three times, 60 s each.
 start_ws_to_tcp() {
-	local port
-	port=$("$LOAD" freeport)
-	cat >"$TMP/Caddyfile" <<-EOF
-		{
-			admin off
-			persist_config off
-			auto_https off
-			log {
-				output discard
+	local port try
+	for try in 1 2 3; do
+		port=$("$LOAD" freeport)
+		cat >"$TMP/Caddyfile" <<-EOF
+			{
+				admin off
+				persist_config off
+				auto_https off
+				log {
+					output discard
+				}
 			}
-		}
-		http://127.0.0.1:$port {
-			bind 127.0.0.1
-			ws_to_tcp /echo ${UP[echo]}
-			ws_to_tcp /sink ${UP[sink]}
-			ws_to_tcp /source ${UP[source]}
-		}
-	EOF
-	XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
-		"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
-	PID[ws_to_tcp]=$!
-	"$LOAD" waitport -addr "127.0.0.1:$port"
-	for up in echo sink source; do ADDR[ws_to_tcp/$up]=ws://127.0.0.1:$port/$up; done
+			http://127.0.0.1:$port {
+				bind 127.0.0.1
+				ws_to_tcp /echo ${UP[echo]}
+				ws_to_tcp /sink ${UP[sink]}
+				ws_to_tcp /source ${UP[source]}
+			}
+		EOF
+		XDG_DATA_HOME=$TMP/xdg XDG_CONFIG_HOME=$TMP/xdg \
+			"$BIN/caddy" run --config "$TMP/Caddyfile" --adapter caddyfile >>"$TMP/caddy.log" 2>&1 &
+		PID[ws_to_tcp]=$!
+		if "$LOAD" waitport -addr "127.0.0.1:$port" -timeout 60s; then
+			for up in echo sink source; do ADDR[ws_to_tcp/$up]=ws://127.0.0.1:$port/$up; done
+			return 0
+		fi
+		log "caddy did not listen on 127.0.0.1:$port (try $try): $(tail -3 "$TMP/caddy.log")"
+		stop_proc ws_to_tcp
+	done
+	die "caddy did not start"
 }
 
 start_relay() {
@@ -157,6 +169,18 @@ start_relay() {
 	line=$(first_line "$TMP/relay.out") || die "the relay did not start: $(tail -3 "$TMP/relay.err")"
 	read -r -a a <<<"$line"
 	ADDR[relay/echo]=tcp://${a[0]} ADDR[relay/sink]=tcp://${a[1]} ADDR[relay/source]=tcp://${a[2]}
+}
+
+# The bare WebSocket relay: like the relay, one process with three
+# listeners; any path on a listener goes to its upstream.
+start_wsrelay() {
+	"$BIN/wsrelay" -listen 127.0.0.1:0 -to "${UP[echo]}" -to "${UP[sink]}" -to "${UP[source]}" \
+		>"$TMP/wsrelay.out" 2>>"$TMP/wsrelay.err" &
+	PID[wsrelay]=$!
+	local a line
+	line=$(first_line "$TMP/wsrelay.out") || die "wsrelay did not start: $(tail -3 "$TMP/wsrelay.err")"
+	read -r -a a <<<"$line"
+	ADDR[wsrelay/echo]=ws://${a[0]}/ ADDR[wsrelay/sink]=ws://${a[1]}/ ADDR[wsrelay/source]=ws://${a[2]}/
 }
 
 # websockify has one target per process: one process per upstream.
@@ -255,6 +279,7 @@ run_load() {
 # ---- the run ------------------------------------------------------------------
 
 T_START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "REPS=$REPS SIZE=$SIZE DURATION=$DURATION IDLE_CONNS='$IDLE_CONNS' proxies: ${PROXIES[*]}"
 for ((rep = 1; rep <= REPS; rep++)); do
 	# Alternate the order of the proxies so that drift and warm-up hit all alike.
@@ -288,6 +313,7 @@ for proxy in "${PROXIES[@]}"; do
 	[[ $proxy == websockify ]] || record_rss "$proxy" "$REPS"
 done
 ELAPSED=$(($(date +%s) - T_START))
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report -------------------------------------------------------------------
 
@@ -301,6 +327,10 @@ cp "$RESULTS" "$ROOT/bench/results/latest.jsonl"
 	if [[ -n ${CADDY_BIN:-} ]]; then
 		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
 	fi
+	echo "- load average (1, 5, 15 min) at the start: $LOAD_START, at the end: $LOAD_END" \
+		"(this script's own processes use about 2 CPUs while it runs: more means other work shared the machine)"
+	echo "- references: relay = bench/relay (plain Go TCP relay), wsrelay = bench/wsrelay" \
+		"(net/http + gorilla's Upgrade + internal/relay, the module's tunnel)"
 	echo "- REPS=$REPS, SIZE=$SIZE, DURATION=$DURATION, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD; run took ${ELAPSED}s"
 	if [[ $WEBSOCKIFY == 1 ]]; then
 		echo "- websockify $WSFY_VERSION, one process per upstream; idle runs only up to $WSFY_IDLE_MAX conns" \

@@ -145,14 +145,6 @@ func FuzzParseHeader(f *testing.F) {
 	})
 }
 
-func BenchmarkUnmask(b *testing.B) {
-	buf := make([]byte, 32<<10)
-	b.SetBytes(int64(len(buf)))
-	for b.Loop() {
-		Unmask(buf, buf, [4]byte{1, 2, 3, 4}, 0)
-	}
-}
-
 // Prepare makes a final, unmasked frame with the shortest length
 // encoding.
 func TestPrepare(t *testing.T) {
