@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
@@ -85,8 +86,8 @@ type Tunnel struct {
 	cfg      *Config
 	client   Conn
 	up       net.Conn
-	clientRd *socketReader
-	upRd     *socketReader
+	clientRd socketReader
+	upRd     socketReader
 	base64   bool // websockify's base64 subprotocol
 	opcode   byte // of messages to the client
 	started  time.Time
@@ -116,6 +117,16 @@ type Tunnel struct {
 	lastHeard          atomic.Int64 // when the client last sent anything (since start)
 	lastData           atomic.Int64 // when data last went either way (since start)
 	readLim, writeLim  *limiter     // client to upstream, upstream to client
+
+	// The pumps' state between reads, kept here so that a pump can park
+	// (poller.go) and resume on another goroutine.
+	parser   wsframe.Parser       // client pump
+	utf8v    wsframe.UTF8Stream   // client pump
+	b64      wsframe.Base64Stream // client pump
+	carry    [utf8.UTFMax]byte    // upstream pump: a UTF-8 sequence split by the last read
+	nc       int                  // upstream pump: bytes in carry
+	repaired []byte               // upstream pump, text mode: upstream bytes that were not UTF-8, repaired
+	draining bool                 // upstream pump: the tunnel is ending, what the upstream sends is dropped
 }
 
 // New returns a tunnel between client and up, not started. base64 is
@@ -137,8 +148,9 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 	}
 	t.readLim = newLimiter(cfg.ReadRate, cfg.Burst, cfg.BufferSize)
 	t.writeLim = newLimiter(cfg.WriteRate, cfg.Burst, cfg.BufferSize)
-	t.clientRd = newSocketReader(client, cfg.bufs)
-	t.upRd = newSocketReader(up, cfg.bufs)
+	t.clientRd.init(client, cfg.bufs)
+	t.upRd.init(up, cfg.bufs)
+	t.parser = wsframe.Parser{MaxMessage: cfg.MaxMessageSize, FromServer: cfg.Client}
 	return t
 }
 
@@ -146,8 +158,19 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 // goroutine (the HTTP server's, with its buffers and deep stack) is freed
 // for the tunnel's life. onEnd runs once, when both pumps have ended and
 // both sides are closed.
+//
+// A pump whose socket stays quiet parks: its goroutine ends until the
+// socket is readable again (poller.go).
 func (t *Tunnel) Start(onEnd func(End)) {
 	t.onEnd = onEnd
+	if p := sharedPoller(); p != nil {
+		for _, s := range []*socketReader{&t.clientRd, &t.upRd} {
+			if s.rc != nil {
+				s.poll, s.t = p, t
+			}
+		}
+		t.clientRd.client = true
+	}
 	t.startTimers()
 	t.pumps.Store(2)
 	go t.runClientPump()
@@ -166,16 +189,48 @@ func (t *Tunnel) Run(onEnd func(End)) {
 	<-t.finished
 }
 
+// runClientPump runs the client pump until it ends or parks (poller.go).
 func (t *Tunnel) runClientPump() {
-	defer t.pumpDone()
+	parked := false
+	defer func() {
+		if !parked {
+			t.pumpDone()
+		}
+	}()
 	defer t.recoverPump()
-	t.clientEnded(t.clientToUpstream())
+	for {
+		err := t.clientToUpstream()
+		if err == errPark {
+			if parked = t.clientRd.park(); parked {
+				return
+			}
+			continue
+		}
+		t.clientEnded(err)
+		return
+	}
 }
 
+// runUpstreamPump runs the upstream pump until it ends or parks.
 func (t *Tunnel) runUpstreamPump() {
-	defer t.pumpDone()
+	parked := false
+	defer func() {
+		if !parked {
+			t.pumpDone()
+		}
+	}()
 	defer t.recoverPump()
-	t.upstreamEnded(t.upstreamToClient())
+	for {
+		err := t.upstreamToClient()
+		if err == errPark {
+			if parked = t.upRd.park(); parked {
+				return
+			}
+			continue
+		}
+		t.upstreamEnded(err)
+		return
+	}
 }
 
 // Started is when the tunnel was made.
@@ -201,6 +256,8 @@ func (t *Tunnel) pumpDone() {
 	if t.reaper != nil {
 		t.reaper.Stop()
 	}
+	t.clientRd.poll.release(&t.clientRd)
+	t.upRd.poll.release(&t.upRd)
 	t.up.Close()
 	t.client.Close()
 	if t.onEnd != nil {
@@ -233,14 +290,21 @@ func (t *Tunnel) decide(code int, by string, err error) bool {
 		t.reaper = time.AfterFunc(t.cfg.WriteTimeout+t.cfg.CloseGrace, t.closeBoth)
 		first = true
 	})
+	if first {
+		// A parked pump reads again: the closing waits on its reads.
+		t.clientRd.kick()
+		t.upRd.kick()
+	}
 	return first
 }
 
 // closeBoth closes both sides at once: every blocked read and write of the
-// pumps returns.
+// pumps returns, and a parked pump resumes to find its side closed.
 func (t *Tunnel) closeBoth() {
 	t.up.Close()
 	t.client.Close()
+	t.clientRd.kick()
+	t.upRd.kick()
 }
 
 // fail ends the tunnel on a broken side: nothing more can be said to the
@@ -266,7 +330,7 @@ func (t *Tunnel) clientEnded(err error) {
 		// upstream pump drain what the upstream still sends until it
 		// closes too (closing with unread input would send an RST).
 		closeWrite(t.up)
-		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
 			// The upstream pump relays the answer and echoes the Close
 			// when the upstream ends (upstreamEnded), unless it has
@@ -319,7 +383,7 @@ func (t *Tunnel) upstreamEnded(err error) {
 	// Every byte read is written. Close, and give the client pump the
 	// grace period to receive the client's Close (or the last client data).
 	t.sendClose(code, reason)
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 }
 
 // Terminate ends the tunnel from the server's side (reload, stop, admin)
@@ -342,7 +406,7 @@ func (t *Tunnel) terminate(code int, reason string) bool {
 	}
 	t.sendClose(code, reason)
 	t.up.Close()
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 	return true
 }
 
@@ -352,7 +416,7 @@ func (t *Tunnel) terminate(code int, reason string) bool {
 // client reads it.
 func (t *Tunnel) lingerClose() {
 	closeWrite(t.client)
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 	io.Copy(io.Discard, t.client)
 	t.client.Close()
 }
