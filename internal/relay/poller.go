@@ -76,11 +76,17 @@ func (s *socketReader) setReadDeadline(d time.Time) {
 // true answer may come when another goroutine already resumed the pump:
 // the caller must not touch the pump's state after it.
 func (s *socketReader) park() bool {
+	op, err := s.poll.prepare(s)
+	if err != nil {
+		s.noPark = true
+		return false
+	}
 	s.state.Store(pumpParked)
 	s.poll.parked(1)
-	if err := s.poll.arm(s); err != nil {
+	if err := s.poll.arm(s, op); err != nil {
 		if s.state.CompareAndSwap(pumpParked, pumpRunning) {
 			s.poll.parked(-1)
+			s.added = s.added && !op.add
 			s.noPark = true // never again; the next read finds out what is wrong
 			return false
 		}

@@ -75,9 +75,10 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-// arm registers s's socket for one readiness event (readable, EOF or an
-// error), which resumes its pump.
-func (p *poller) arm(s *socketReader) error {
+// prepare readies s for arm, and returns what arm needs: everything
+// written here is written before the pump is marked parked, so that the
+// pump's next run, on another goroutine, sees it.
+func (p *poller) prepare(s *socketReader) (armOp, error) {
 	if s.slot == 0 {
 		p.mu.Lock()
 		var idx uint32
@@ -92,30 +93,41 @@ func (p *poller) arm(s *socketReader) error {
 		p.slots[idx] = s
 		s.slot = uint64(p.gens[idx])<<32 | uint64(idx)
 		p.mu.Unlock()
-		s.ctlFn = func(fd uintptr) {
-			ev := unix.EpollEvent{
-				Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
-				Fd:     int32(uint32(s.slot)),
-				Pad:    int32(uint32(s.slot >> 32)),
-			}
-			op := unix.EPOLL_CTL_MOD
-			if !s.added {
-				op = unix.EPOLL_CTL_ADD
-			}
-			s.ctlErr = unix.EpollCtl(p.epfd, op, int(fd), &ev)
-		}
 	}
-	s.ctlErr = nil
+	op := armOp{slot: s.slot, add: !s.added}
+	s.added = true // undone by the caller if arm fails
+	return op, nil
+}
+
+// armOp is one arming of a socket.
+type armOp struct {
+	slot uint64
+	add  bool // the socket is not in the epoll set yet
+}
+
+// arm registers s's socket for one readiness event (readable, EOF or an
+// error), which resumes its pump. Once it succeeds, the pump may run on
+// another goroutine: arm touches nothing of s after its system call.
+func (p *poller) arm(s *socketReader, op armOp) error {
+	var err error
 	// Control holds the descriptor: it cannot be closed, and its number
 	// reused, meanwhile.
-	if err := s.rc.Control(s.ctlFn); err != nil {
-		return err
+	cerr := s.rc.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{
+			Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
+			Fd:     int32(uint32(op.slot)),
+			Pad:    int32(uint32(op.slot >> 32)),
+		}
+		ctl := unix.EPOLL_CTL_MOD
+		if op.add {
+			ctl = unix.EPOLL_CTL_ADD
+		}
+		err = unix.EpollCtl(p.epfd, ctl, int(fd), &ev)
+	})
+	if cerr != nil {
+		return cerr
 	}
-	if s.ctlErr != nil {
-		return s.ctlErr
-	}
-	s.added = true
-	return nil
+	return err
 }
 
 // release frees s's slot: its tunnel has ended.

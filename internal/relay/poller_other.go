@@ -10,6 +10,9 @@ type poller struct{}
 
 func sharedPoller() *poller { return nil }
 
-func (p *poller) arm(*socketReader) error { return errors.ErrUnsupported }
-func (p *poller) release(*socketReader)   {}
-func (p *poller) parked(int)              {}
+type armOp struct{ add bool }
+
+func (p *poller) prepare(*socketReader) (armOp, error) { return armOp{}, errors.ErrUnsupported }
+func (p *poller) arm(*socketReader, armOp) error       { return errors.ErrUnsupported }
+func (p *poller) release(*socketReader)                {}
+func (p *poller) parked(int)                           {}

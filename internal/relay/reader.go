@@ -48,8 +48,6 @@ type socketReader struct {
 	closeDL time.Time    // the read deadline the tunnel's closing set
 	slot    uint64       // the poller's: this socket's slot, 0 for none yet
 	added   bool         // the poller's: in its epoll set
-	ctlFn   func(fd uintptr)
-	ctlErr  error
 }
 
 // readDeadliner is what a socketReader reads: either side of a tunnel.
