@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -90,9 +91,19 @@ func (d *dialer) dial(ctx context.Context, u *Upstream, timeout time.Duration, p
 	deadline := time.Now().Add(timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, u.network, u.address)
+	var conn net.Conn
+	var err error
+	if ap, perr := netip.ParseAddrPort(u.address); perr == nil && u.network == "tcp" {
+		// An IP address: no resolving (and its allocations) per dial.
+		conn, err = (&net.Dialer{}).DialTCP(ctx, "tcp", netip.AddrPort{}, ap)
+	} else {
+		conn, err = (&net.Dialer{}).DialContext(ctx, u.network, u.address)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if len(p.header) == 0 && !u.useTLS && len(p.preamble) == 0 {
+		return conn, nil // nothing to write: no deadline to set and clear
 	}
 	// The context bounds the dial and the TLS handshake; the deadline
 	// bounds the writes too.

@@ -35,7 +35,12 @@ func (t *Tunnel) clientToUpstream() error {
 	}()
 	// flushThen writes what is gathered, then ends the pump with err:
 	// data that came before a protocol error still reaches the upstream.
-	flushThen := func(err error) error { return errors.Join(t.toUpstream(buf[ps:pe]), err) }
+	flushThen := func(err error) error {
+		if werr := t.toUpstream(buf[ps:pe]); werr != nil {
+			return errors.Join(werr, err)
+		}
+		return err
+	}
 	trackHeard := t.cfg.HeartbeatInterval > 0
 	readEnd := t.cfg.bufLen - tailroom
 	for {

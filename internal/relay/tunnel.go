@@ -108,7 +108,7 @@ type Tunnel struct {
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
 	pumps    atomic.Int32  // pumps still running; the last one finishes
-	finished chan struct{} // closed when the tunnel has ended and onEnd returned
+	finished chan struct{} // Run only: closed when the tunnel has ended and onEnd returned
 	onEnd    func(End)
 
 	// Heartbeat, idle timeout and throttle (timers.go); nil or zero when off.
@@ -141,7 +141,6 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 		started:   time.Now(),
 		writeLock: make(chan struct{}, 1),
 		done:      make(chan struct{}),
-		finished:  make(chan struct{}),
 	}
 	if cfg.Text || base64 {
 		t.opcode = wsframe.OpText
@@ -182,6 +181,7 @@ func (t *Tunnel) Start(onEnd func(End)) {
 // stream that lives only as long as its handler runs (HTTP/2, HTTP/3).
 func (t *Tunnel) Run(onEnd func(End)) {
 	t.onEnd = onEnd
+	t.finished = make(chan struct{})
 	t.startTimers()
 	t.pumps.Store(2)
 	go t.runClientPump()
@@ -263,7 +263,9 @@ func (t *Tunnel) pumpDone() {
 	if t.onEnd != nil {
 		t.onEnd(t.end)
 	}
-	close(t.finished)
+	if t.finished != nil {
+		close(t.finished)
+	}
 }
 
 // recoverPump turns a panic in a pump into a 1011 close of its tunnel
@@ -317,11 +319,11 @@ func (t *Tunnel) fail(code int, by string, err error) {
 // clientEnded acts on the end of the client pump, when it is the tunnel's
 // first end.
 func (t *Tunnel) clientEnded(err error) {
-	var cc *clientClose
-	var ce *wsframe.CloseError
-	var ue *upstreamError
+	cc, _ := findErr[*clientClose](err)
+	ce, _ := findErr[*wsframe.CloseError](err)
+	ue, _ := findErr[*upstreamError](err)
 	switch {
-	case errors.As(err, &cc):
+	case cc != nil:
 		if !t.decide(cc.code, ByClient, nil) {
 			return
 		}
@@ -341,9 +343,9 @@ func (t *Tunnel) clientEnded(err error) {
 		}
 		t.sendClose(cc.code, "")
 		t.client.Close()
-	case errors.As(err, &ue), errors.As(err, &ce):
+	case ue != nil, ce != nil:
 		code, reason, by := wsframe.CloseBadGateway, "bad gateway", ByUpstream
-		if ce != nil {
+		if ue == nil {
 			code, reason, by = ce.Code, ce.Reason, ByClient
 		}
 		if !t.decide(code, by, err) {
@@ -360,8 +362,7 @@ func (t *Tunnel) clientEnded(err error) {
 // upstreamEnded acts on the end of the upstream pump, when it is the
 // tunnel's first end.
 func (t *Tunnel) upstreamEnded(err error) {
-	var ue *upstreamError
-	if !errors.As(err, &ue) {
+	if _, ok := findErr[*upstreamError](err); !ok {
 		// Writing to the client failed: it vanished, or accepted nothing
 		// for write_timeout.
 		t.fail(wsframe.CloseAbnormal, ByClient, err)
@@ -419,6 +420,30 @@ func (t *Tunnel) lingerClose() {
 	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 	io.Copy(io.Discard, t.client)
 	t.client.Close()
+}
+
+// findErr is errors.As for a pointer type, without its allocation: the
+// first error of type T in err's tree.
+func findErr[T error](err error) (T, bool) {
+	for err != nil {
+		if e, ok := err.(T); ok {
+			return e, true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, err := range u.Unwrap() {
+				if e, ok := findErr[T](err); ok {
+					return e, true
+				}
+			}
+			return *new(T), false
+		default:
+			return *new(T), false
+		}
+	}
+	return *new(T), false
 }
 
 // closeWrite half-closes a connection that supports it (TCP, Unix, TLS).
