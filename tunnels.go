@@ -3,7 +3,6 @@ package wstotcp
 import (
 	"crypto/rand"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -179,8 +178,7 @@ func newConnID() string {
 func (h *Handler) logClosed(t *tunnel) {
 	d := time.Since(t.started)
 	s := t.Stats()
-	var perr *relay.PanicError
-	if errors.As(t.end.Err, &perr) {
+	if perr, ok := t.end.Err.(*relay.PanicError); ok {
 		h.logger.Error("panic in relay; tunnel closed with 1011",
 			zap.String("conn_id", t.id),
 			zap.String("panic", fmt.Sprint(perr.Value)),

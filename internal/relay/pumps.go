@@ -171,7 +171,8 @@ func (t *Tunnel) control(op byte, payload []byte) error {
 		if err != nil {
 			return err
 		}
-		return &clientClose{code}
+		t.peerCode = code
+		return errClientClose
 	}
 	return nil // a pong
 }

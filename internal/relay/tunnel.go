@@ -76,10 +76,9 @@ type upstreamError struct{ err error }
 func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// clientClose is the client's Close frame.
-type clientClose struct{ code int }
-
-func (e *clientClose) Error() string { return "client sent Close" }
+// errClientClose: the client sent a Close frame, whose code is in
+// Tunnel.peerCode.
+var errClientClose = errors.New("client sent Close")
 
 // Tunnel relays one client to one upstream.
 type Tunnel struct {
@@ -101,7 +100,8 @@ type Tunnel struct {
 	deadlineSet time.Time     // under writeLock: when the write deadline was last moved
 	upDeadline  time.Time     // client pump only: when the upstream write deadline was last moved
 
-	endOnce  sync.Once
+	endMu    sync.Mutex // makes the first decide the only one
+	peerCode int        // client pump: the code of the client's Close (errClientClose)
 	ending   atomic.Bool
 	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
 	end      End           // set once, by the first decide
@@ -284,14 +284,15 @@ func (t *Tunnel) recoverPump() {
 // closing grace to finish: a peer that neither reads nor closes cannot pin
 // it.
 func (t *Tunnel) decide(code int, by string, err error) bool {
-	first := false
-	t.endOnce.Do(func() {
+	t.endMu.Lock()
+	first := !t.ending.Load()
+	if first {
 		t.end = End{Code: code, By: by, Err: err}
 		t.ending.Store(true)
 		close(t.done)
 		t.reaper = time.AfterFunc(t.cfg.WriteTimeout+t.cfg.CloseGrace, t.closeBoth)
-		first = true
-	})
+	}
+	t.endMu.Unlock()
 	if first {
 		// A parked pump reads again: the closing waits on its reads.
 		t.clientRd.kick()
@@ -319,12 +320,12 @@ func (t *Tunnel) fail(code int, by string, err error) {
 // clientEnded acts on the end of the client pump, when it is the tunnel's
 // first end.
 func (t *Tunnel) clientEnded(err error) {
-	cc, _ := findErr[*clientClose](err)
 	ce, _ := findErr[*wsframe.CloseError](err)
 	ue, _ := findErr[*upstreamError](err)
 	switch {
-	case cc != nil:
-		if !t.decide(cc.code, ByClient, nil) {
+	case errors.Is(err, errClientClose):
+		code := t.peerCode
+		if !t.decide(code, ByClient, nil) {
 			return
 		}
 		// All client data is written: half-close the upstream so that it
@@ -333,7 +334,7 @@ func (t *Tunnel) clientEnded(err error) {
 		// closes too (closing with unread input would send an RST).
 		closeWrite(t.up)
 		t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
-		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
+		if t.cfg.HalfClose && code == wsframe.CloseNormal {
 			// The upstream pump relays the answer and echoes the Close
 			// when the upstream ends (upstreamEnded), unless it has
 			// ended already.
@@ -341,7 +342,7 @@ func (t *Tunnel) clientEnded(err error) {
 				return
 			}
 		}
-		t.sendClose(cc.code, "")
+		t.sendClose(code, "")
 		t.client.Close()
 	case ue != nil, ce != nil:
 		code, reason, by := wsframe.CloseBadGateway, "bad gateway", ByUpstream
