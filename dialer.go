@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -91,14 +90,11 @@ func (d *dialer) dial(ctx context.Context, u *Upstream, timeout time.Duration, p
 	deadline := time.Now().Add(timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	var conn net.Conn
-	var err error
-	if ap, perr := netip.ParseAddrPort(u.address); perr == nil && u.network == "tcp" {
-		// An IP address: no resolving (and its allocations) per dial.
-		conn, err = (&net.Dialer{}).DialTCP(ctx, "tcp", netip.AddrPort{}, ap)
-	} else {
-		conn, err = (&net.Dialer{}).DialContext(ctx, u.network, u.address)
-	}
+	// Not Dialer.DialTCP, which would save resolving a literal address:
+	// with no local address it still binds one before connecting, which
+	// takes an ephemeral port for every destination at once, and runs out
+	// of them under a high connection rate.
+	conn, err := (&net.Dialer{}).DialContext(ctx, u.network, u.address)
 	if err != nil {
 		return nil, err
 	}
