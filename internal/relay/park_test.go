@@ -156,11 +156,13 @@ func TestParkedTunnelKeepsItsTimers(t *testing.T) {
 	t.Parallel()
 	t.Run("heartbeat", func(t *testing.T) {
 		t.Parallel()
+		// A pong left unread would close the tunnel 1 s after its ping,
+		// before the tenth ping.
 		tun, ended, client, _ := parkedTunnel(t, func(c *Config) {
-			c.HeartbeatInterval, c.HeartbeatTimeout = 2*parkAfter, ioTimeout/3
+			c.HeartbeatInterval, c.HeartbeatTimeout = 2*parkAfter, 10*parkAfter
 		})
 		fr := &frameReader{c: client}
-		for i := range 4 {
+		for i := range 10 {
 			op, p := fr.next(t)
 			if op != wsframe.OpPing {
 				t.Fatalf("frame %d: op %d (%q), want a ping", i, op, p)
