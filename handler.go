@@ -70,8 +70,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	conn, brw, err := hijackShim{w}.Hijack()
 	if err != nil {
+		// As gorilla's Upgrade did: a 500 answered here, not a handler
+		// error.
 		up.Close()
-		return caddyhttp.Error(http.StatusInternalServerError, err) // nothing was written: Caddy answers
+		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return nil
 	}
 	if err := upgrade(conn, brw, r, subprotocol); err != nil {
 		conn.Close()
