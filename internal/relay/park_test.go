@@ -179,15 +179,24 @@ func TestParkedTunnelKeepsItsTimers(t *testing.T) {
 	})
 	t.Run("idle timeout", func(t *testing.T) {
 		t.Parallel()
-		_, ended, client, upstream := parkedTunnel(t, func(c *Config) { c.IdleTimeout = 5 * parkAfter })
+		// The reaper (write_timeout + the grace) would end the tunnel
+		// whatever the pumps do: it comes after the test's patience.
+		_, ended, client, upstream := parkedTunnel(t, func(c *Config) {
+			c.IdleTimeout, c.WriteTimeout = 5*parkAfter, 2*ioTimeout
+		})
 		fr := &frameReader{c: client}
 		if op, p := fr.next(t); op != wsframe.OpClose || closeCode(p) != wsframe.ClosePolicyViolation {
 			t.Fatalf("op %d code %d, want Close 1008", op, closeCode(p))
 		}
 		expectUpstreamEnd(t, upstream)
 		client.Write(maskedFrame(0x80|wsframe.OpClose, []byte{0x03, 0xf0}))
-		if e := <-ended; e.Code != wsframe.ClosePolicyViolation || e.By != ByServer {
-			t.Fatalf("ended %+v, want 1008 by the server", e)
+		select {
+		case e := <-ended:
+			if e.Code != wsframe.ClosePolicyViolation || e.By != ByServer {
+				t.Fatalf("ended %+v, want 1008 by the server", e)
+			}
+		case <-time.After(ioTimeout):
+			t.Fatal("the tunnel did not end: its parked upstream pump was not resumed")
 		}
 	})
 }
