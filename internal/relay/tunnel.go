@@ -149,6 +149,16 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 	t.writeLim = newLimiter(cfg.WriteRate, cfg.Burst, cfg.BufferSize)
 	t.clientRd.init(client, cfg.bufs)
 	t.upRd.init(up, cfg.bufs)
+	// Set here, before the tunnel can be seen (the admin API may close it
+	// before it starts), and never changed: kick reads them.
+	if p := sharedPoller(); p != nil {
+		for _, s := range []*socketReader{&t.clientRd, &t.upRd} {
+			if s.rc != nil {
+				s.poll, s.t = p, t
+			}
+		}
+		t.clientRd.client = true
+	}
 	t.parser = wsframe.Parser{MaxMessage: cfg.MaxMessageSize, FromServer: cfg.Client}
 	return t
 }
@@ -162,14 +172,6 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 // socket is readable again (poller.go).
 func (t *Tunnel) Start(onEnd func(End)) {
 	t.onEnd = onEnd
-	if p := sharedPoller(); p != nil {
-		for _, s := range []*socketReader{&t.clientRd, &t.upRd} {
-			if s.rc != nil {
-				s.poll, s.t = p, t
-			}
-		}
-		t.clientRd.client = true
-	}
 	t.startTimers()
 	t.pumps.Store(2)
 	go t.runClientPump()
@@ -181,6 +183,8 @@ func (t *Tunnel) Start(onEnd func(End)) {
 // stream that lives only as long as its handler runs (HTTP/2, HTTP/3).
 func (t *Tunnel) Run(onEnd func(End)) {
 	t.onEnd = onEnd
+	// The caller's goroutine is held anyway: nothing parks.
+	t.clientRd.noPark, t.upRd.noPark = true, true
 	t.finished = make(chan struct{})
 	t.startTimers()
 	t.pumps.Store(2)
