@@ -90,9 +90,16 @@ func (d *dialer) dial(ctx context.Context, u *Upstream, timeout time.Duration, p
 	deadline := time.Now().Add(timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	// Not Dialer.DialTCP, which would save resolving a literal address:
+	// with no local address it still binds one before connecting, which
+	// takes an ephemeral port for every destination at once, and runs out
+	// of them under a high connection rate.
 	conn, err := (&net.Dialer{}).DialContext(ctx, u.network, u.address)
 	if err != nil {
 		return nil, err
+	}
+	if len(p.header) == 0 && !u.useTLS && len(p.preamble) == 0 {
+		return conn, nil // nothing to write: no deadline to set and clear
 	}
 	// The context bounds the dial and the TLS handshake; the deadline
 	// bounds the writes too.

@@ -289,10 +289,10 @@ func TestDialerTimeoutCoversHandshake(t *testing.T) {
 	}
 }
 
-// BenchmarkHandshake is the cost of one connection's setup through
+// BenchmarkProxyProtocolHandshake is the cost of one connection's setup through
 // ServeHTTP, without Caddy: the client's TCP connection and WebSocket
 // handshake, admission, the upstream dial and the upgrade, then the close.
-func BenchmarkHandshake(b *testing.B) {
+func BenchmarkProxyProtocolHandshake(b *testing.B) {
 	echo := echoUpstream(b)
 	for _, proxy := range []string{"", "v2"} {
 		b.Run("proxy_protocol "+proxy, func(b *testing.B) {

@@ -3,6 +3,7 @@ package wstotcp
 import (
 	"bufio"
 	"context"
+	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -67,19 +68,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.serveStream(w, r, t, up)
 		return nil // the stream carried the tunnel: there is no response left to write
 	}
-	var respHeader http.Header
-	if subprotocol != "" {
-		respHeader = http.Header{"Sec-Websocket-Protocol": {subprotocol}}
-	}
-	ws, err := h.upgrader.Upgrade(hijackShim{w}, r, respHeader)
+	conn, brw, err := hijackShim{w}.Hijack()
 	if err != nil {
-		// gorilla has answered the client already.
+		// As gorilla's Upgrade did: a 500 answered here, not a handler
+		// error.
 		up.Close()
 		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return nil
 	}
+	if err := upgrade(conn, brw, r, subprotocol); err != nil {
+		conn.Close()
+		up.Close()
+		h.logger.Debug("upgrade failed", zap.String("conn_id", t.id), zap.Error(err))
+		return nil // the connection is hijacked: there is no response to write
+	}
 	t.release = adm.slots.handOver()
-	t.start(ws.UnderlyingConn(), up)
+	t.start(conn, up)
 	return nil // the connection is hijacked: there is no response to write
 }
 
@@ -98,10 +103,61 @@ func checkHandshake(r *http.Request) error {
 	if r.Header.Get("Sec-Websocket-Version") != "13" {
 		return errors.New("unsupported Sec-WebSocket-Version: only 13 is supported")
 	}
-	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-Websocket-Key")); err != nil || len(key) != 16 {
+	if !validKey(r.Header.Get("Sec-Websocket-Key")) {
 		return errors.New("missing or invalid Sec-WebSocket-Key: the base64 of 16 bytes is required")
 	}
 	return nil
+}
+
+// validKey reports whether key is the base64 of 16 bytes, decoding it
+// on the stack.
+func validKey(key string) bool {
+	if len(key) != 24 {
+		return false
+	}
+	var k [18]byte
+	n, err := base64.StdEncoding.Decode(k[:], []byte(key))
+	return err == nil && n == 16
+}
+
+// errEarlyData: the client sent data after its handshake, before the
+// answer.
+var errEarlyData = errors.New("client sent data before the handshake was complete")
+
+// upgrade answers an admitted HTTP/1.1 handshake (checkHandshake and
+// websocket.IsWebSocketUpgrade passed) with 101 on its hijacked
+// connection, in one write. It is gorilla's Upgrade without what the relay
+// never uses: gorilla's *Conn, its buffers and handlers, and a header map
+// for the subprotocol. net/http's Hijack has cleared the connection's
+// deadlines already.
+func upgrade(conn net.Conn, brw *bufio.ReadWriter, r *http.Request, subprotocol string) error {
+	if brw.Reader.Buffered() > 0 {
+		return errEarlyData
+	}
+	// The hijacked writer's buffer is free: the answer is built there.
+	p := brw.Writer.AvailableBuffer()
+	p = append(p, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	p = appendAcceptKey(p, r.Header.Get("Sec-Websocket-Key"))
+	if subprotocol != "" {
+		p = append(p, "\r\nSec-WebSocket-Protocol: "...)
+		p = append(p, subprotocol...) // a token (negotiate): nothing to escape
+	}
+	p = append(p, "\r\n\r\n"...)
+	_, err := conn.Write(p)
+	return err
+}
+
+// appendAcceptKey appends the Sec-WebSocket-Accept of key (RFC 6455
+// §4.2.2), a valid key (24 bytes).
+func appendAcceptKey(p []byte, key string) []byte {
+	const guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+	var in [24 + len(guid)]byte
+	n := copy(in[:], key)
+	n += copy(in[n:], guid)
+	sum := sha1.Sum(in[:n])
+	var out [28]byte
+	base64.StdEncoding.Encode(out[:], sum[:])
+	return append(p, out[:]...)
 }
 
 // admission is what a handshake that passed admission carries to the dial.

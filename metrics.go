@@ -70,13 +70,26 @@ const (
 	outcomeOther = "other"
 )
 
+// endedCounters are connectionsTotal's counters, looked up once: a
+// lookup by label values costs an allocation per ended tunnel.
+var endedCounters = map[[2]string]prometheus.Counter{}
+
 func init() {
 	// The outcomes show from the start, at 0.
 	for _, o := range []string{relay.ByClient, relay.ByUpstream, relay.ByServer, outcomeError} {
 		for _, tr := range transports {
-			connectionsTotal.WithLabelValues(o, tr)
+			endedCounters[[2]string{o, tr}] = connectionsTotal.WithLabelValues(o, tr)
 		}
 	}
+}
+
+// endedCounter is connectionsTotal's counter for an outcome and a
+// transport.
+func endedCounter(outcome, transport string) prometheus.Counter {
+	if c, ok := endedCounters[[2]string{outcome, transport}]; ok {
+		return c
+	}
+	return connectionsTotal.WithLabelValues(outcome, transport)
 }
 
 // outcome classifies how a tunnel ended, for connectionsTotal: an error

@@ -7,11 +7,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"math"
-	"net/http"
 	"strings"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -259,8 +257,7 @@ type Handler struct {
 	ctx         caddy.Context
 	logger      *zap.Logger
 	events      *caddyevents.App // nil without an events app
-	upgrader    websocket.Upgrader
-	relay       *relay.Config // how this handler's tunnels relay; built once, read by them
+	relay       *relay.Config    // how this handler's tunnels relay; built once, read by them
 	upstreamTLS *tls.Config
 	origins     *originPolicy   // origins and allowed_hosts; never nil once provisioned
 	auth        *authenticator  // nil without an auth block
@@ -346,15 +343,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.relay.ReadRate, h.relay.WriteRate, h.relay.Burst = th.Read, th.Write, th.Burst
 	}
 	h.relay.Prepare()
-	h.upgrader = websocket.Upgrader{
-		// Admission checked the origin before the upstream was dialled; by
-		// the time gorilla asks, the answer is yes.
-		CheckOrigin: func(*http.Request) bool { return true },
-		// Gorilla only does the handshake; the relay reads and writes
-		// frames itself. The smallest buffers keep the handshake cheap.
-		ReadBufferSize:  1,
-		WriteBufferPool: unusedPool{},
-	}
 	if err := h.provisionAdmission(); err != nil {
 		return err
 	}
@@ -487,13 +475,6 @@ func (h *Handler) anyTLSUpstream() bool {
 	}
 	return false
 }
-
-// unusedPool stands for gorilla's write buffer pool: gorilla only takes a
-// buffer from it to write a message, which the relay does itself.
-type unusedPool struct{}
-
-func (unusedPool) Get() any { return nil }
-func (unusedPool) Put(any)  {}
 
 // Interface guards
 var (

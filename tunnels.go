@@ -3,7 +3,6 @@ package wstotcp
 import (
 	"crypto/rand"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -63,7 +62,7 @@ func unregister(t *tunnel) {
 		tunnels.ended.add(t)
 	}
 	tunnels.Unlock()
-	connectionsTotal.WithLabelValues(outcome(t.end.Code, t.end.By), t.transport).Inc()
+	endedCounter(outcome(t.end.Code, t.end.By), t.transport).Inc()
 }
 
 // findTunnel returns the tunnel with this id, open or closing, or nil.
@@ -179,29 +178,32 @@ func newConnID() string {
 func (h *Handler) logClosed(t *tunnel) {
 	d := time.Since(t.started)
 	s := t.Stats()
-	var perr *relay.PanicError
-	if errors.As(t.end.Err, &perr) {
+	if perr, ok := t.end.Err.(*relay.PanicError); ok {
 		h.logger.Error("panic in relay; tunnel closed with 1011",
 			zap.String("conn_id", t.id),
 			zap.String("panic", fmt.Sprint(perr.Value)),
 			zap.ByteString("stack", perr.Stack))
 	}
-	h.logger.Info("tunnel closed",
-		zap.String("conn_id", t.id),
-		zap.String("remote_ip", t.remote),
-		zap.String("user", t.user),
-		zap.String("upstream", t.upstream),
-		zap.String("subprotocol", t.subprotocol),
-		zap.String("channel", t.channel),
-		zap.Duration("duration", d),
-		zap.String("transport", t.transport),
-		zap.Int64("bytes_in", s.BytesIn),
-		zap.Int64("bytes_out", s.BytesOut),
-		zap.Int64("messages_in", s.MessagesIn),
-		zap.Int64("messages_out", s.MessagesOut),
-		zap.Int("close_code", t.end.Code),
-		zap.String("closed_by", t.end.By),
-		zap.NamedError("reason", t.end.Err),
-	)
+	// Fields are built only for a log that takes the line (one whose
+	// output is discard takes none).
+	if ce := h.logger.Check(zap.InfoLevel, "tunnel closed"); ce != nil {
+		ce.Write(
+			zap.String("conn_id", t.id),
+			zap.String("remote_ip", t.remote),
+			zap.String("user", t.user),
+			zap.String("upstream", t.upstream),
+			zap.String("subprotocol", t.subprotocol),
+			zap.String("channel", t.channel),
+			zap.Duration("duration", d),
+			zap.String("transport", t.transport),
+			zap.Int64("bytes_in", s.BytesIn),
+			zap.Int64("bytes_out", s.BytesOut),
+			zap.Int64("messages_in", s.MessagesIn),
+			zap.Int64("messages_out", s.MessagesOut),
+			zap.Int("close_code", t.end.Code),
+			zap.String("closed_by", t.end.By),
+			zap.NamedError("reason", t.end.Err),
+		)
+	}
 	h.emitDisconnect(t, d)
 }

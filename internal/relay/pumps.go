@@ -24,9 +24,9 @@ func (t *Tunnel) clientToUpstream() error {
 		buf    []byte
 		ps, pe int // buf[ps:pe]: payload ready for the upstream
 		r, w   int // buf[r:w]: bytes not parsed yet; pe <= r
-		parser = wsframe.Parser{MaxMessage: t.cfg.MaxMessageSize, FromServer: t.cfg.Client}
-		utf8v  wsframe.UTF8Stream
-		b64    wsframe.Base64Stream
+		parser = &t.parser
+		utf8v  = &t.utf8v
+		b64    = &t.b64
 	)
 	defer func() {
 		if bp != nil {
@@ -35,7 +35,12 @@ func (t *Tunnel) clientToUpstream() error {
 	}()
 	// flushThen writes what is gathered, then ends the pump with err:
 	// data that came before a protocol error still reaches the upstream.
-	flushThen := func(err error) error { return errors.Join(t.toUpstream(buf[ps:pe]), err) }
+	flushThen := func(err error) error {
+		if werr := t.toUpstream(buf[ps:pe]); werr != nil {
+			return errors.Join(werr, err)
+		}
+		return err
+	}
 	trackHeard := t.cfg.HeartbeatInterval > 0
 	readEnd := t.cfg.bufLen - tailroom
 	for {
@@ -79,7 +84,7 @@ func (t *Tunnel) clientToUpstream() error {
 				}
 			}
 			if ev.Last {
-				if err := t.endMessage(ev.Op, &utf8v, &b64); err != nil {
+				if err := t.endMessage(ev.Op, utf8v, b64); err != nil {
 					return flushThen(err)
 				}
 			}
@@ -166,7 +171,8 @@ func (t *Tunnel) control(op byte, payload []byte) error {
 		if err != nil {
 			return err
 		}
-		return &clientClose{code}
+		t.peerCode = code
+		return errClientClose
 	}
 	return nil // a pong
 }
@@ -175,10 +181,6 @@ func (t *Tunnel) control(op byte, payload []byte) error {
 // framed in place in the buffer it was read into.
 func (t *Tunnel) upstreamToClient() error {
 	text := t.opcode == wsframe.OpText && !t.base64
-	var carry [utf8.UTFMax]byte // a UTF-8 sequence split by the last read
-	nc := 0
-	var repaired []byte // text mode: upstream bytes that are not UTF-8
-	draining := false
 	trackData := t.cfg.IdleTimeout > 0
 	readEnd := 0 // the whole buffer
 	if t.writeLim != nil {
@@ -194,6 +196,9 @@ func (t *Tunnel) upstreamToClient() error {
 		var n int
 		var err error
 		bp, n, err = t.upRd.read(bp, headroom, readEnd, true)
+		if err == errPark {
+			return err
+		}
 		if n > 0 && trackData {
 			t.lastData.Store(t.since())
 		}
@@ -202,12 +207,12 @@ func (t *Tunnel) upstreamToClient() error {
 			// between reads; the reaper still bounds it as a whole, so
 			// that an upstream that streams on and never closes cannot
 			// keep a closing tunnel open.
-			t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+			t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 		}
-		if n > 0 && t.writeLim != nil && !draining && !t.writeLim.wait(n, t.done) && t.halfOpen.Load() != halfOpening {
-			draining = true // the tunnel is ending
+		if n > 0 && t.writeLim != nil && !t.draining && !t.writeLim.wait(n, t.done) && t.halfOpen.Load() != halfOpening {
+			t.draining = true // the tunnel is ending
 		}
-		if n > 0 && !draining {
+		if n > 0 && !t.draining {
 			buf := *bp
 			start, end := headroom, headroom+n
 			var werr error
@@ -215,16 +220,16 @@ func (t *Tunnel) upstreamToClient() error {
 			case t.base64:
 				werr = t.writeBase64(buf[start:end])
 			case text:
-				start -= copy(buf[start-nc:start], carry[:nc])
+				start -= copy(buf[start-t.nc:start], t.carry[:t.nc])
 				tail := 0
 				if err == nil {
 					tail = wsframe.IncompleteTail(buf[start:end])
 				}
-				nc = copy(carry[:], buf[end-tail:end])
+				t.nc = copy(t.carry[:], buf[end-tail:end])
 				end -= tail
 				if !utf8.Valid(buf[start:end]) {
-					repaired = wsframe.AppendValidUTF8(append(repaired[:0], noHeader[:]...), buf[start:end])
-					buf, start, end = repaired, headroom, len(repaired)
+					t.repaired = wsframe.AppendValidUTF8(append(t.repaired[:0], noHeader[:]...), buf[start:end])
+					buf, start, end = t.repaired, headroom, len(t.repaired)
 				}
 				fallthrough
 			default:
@@ -239,7 +244,7 @@ func (t *Tunnel) upstreamToClient() error {
 			} else {
 				// The tunnel is closing: read on what the upstream still
 				// sends, so that closing it sends no RST.
-				draining = true
+				t.draining = true
 			}
 		}
 		if err != nil {

@@ -1,10 +1,13 @@
 package relay
 
 import (
+	"errors"
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // socketReader reads a connection into buffers lent from a pool at the
@@ -13,9 +16,9 @@ import (
 // waits for readability through the runtime's poller, as net.Conn.Read
 // does. A stream without a file descriptor (a TLS upstream, an HTTP/2 or
 // HTTP/3 client stream) cannot be asked whether data is there: see
-// readStream.
+// readStream. A pump whose socket stays quiet parks (poller.go).
 type socketReader struct {
-	conn io.Reader
+	conn readDeadliner
 	rc   syscall.RawConn // nil when conn has no file descriptor
 	pool *sync.Pool      // of *[]byte
 
@@ -34,10 +37,28 @@ type socketReader struct {
 	probe []byte // where a read that may wait lands; allocated at first use
 	busy  bool   // the last read filled a probe's worth: read straight into a buffer
 
+	// Parking (poller.go); poll is nil for a socket that never parks.
+	t       *Tunnel
+	client  bool // the client pump reads this socket, else the upstream pump
+	poll    *poller
+	state   atomic.Int32 // pumpRunning or pumpParked
+	noPark  bool         // the pump's only: parking failed, never again
+	parkSet time.Time    // the pump's only: when the park deadline was set; zero when the socket's deadline is not one
+	dlMu    sync.Mutex   // orders closeDL and the socket's deadline
+	closeDL time.Time    // the read deadline the tunnel's closing set
+	slot    uint64       // the poller's: this socket's slot, 0 for none yet
+	added   bool         // the poller's: in its epoll set
 }
 
-func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
-	s := &socketReader{conn: conn, pool: pool}
+// readDeadliner is what a socketReader reads: either side of a tunnel.
+type readDeadliner interface {
+	io.Reader
+	SetReadDeadline(time.Time) error
+}
+
+// init makes s read conn into buffers from pool.
+func (s *socketReader) init(conn readDeadliner, pool *sync.Pool) {
+	s.conn, s.pool = conn, pool
 	if sc, ok := conn.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			s.rc = rc
@@ -66,7 +87,6 @@ func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
 		}
 		return true
 	}
-	return s
 }
 
 // read reads into (*bp)[off:end], or (*bp)[off:] when end is 0. With
@@ -76,12 +96,39 @@ func newSocketReader(conn io.Reader, pool *sync.Pool) *socketReader {
 // cache, and an idle one holds none. read returns the buffer read into: on
 // an error with nothing read, a lent buffer has gone back to the pool and
 // the result is nil.
+//
+// A socket that may park (poller.go) and has had nothing to read for
+// parkAfter while lend is set gives back errPark, its buffer in the pool.
 func (s *socketReader) read(bp *[]byte, off, end int, lend bool) (*[]byte, int, error) {
 	if s.rc == nil {
 		return s.readStream(bp, off, end, lend)
 	}
+	parking := s.poll != nil && !s.noPark
+	if parking {
+		if lend && !s.t.ending.Load() {
+			s.armPark()
+		} else if !s.parkSet.IsZero() && s.t.ending.Load() {
+			s.restoreDeadline()
+		}
+	}
+again:
 	s.bp, s.off, s.end, s.lent, s.n, s.errno = bp, off, end, lend, 0, nil
 	err := s.rc.Read(s.readFn)
+	if err != nil && !s.parkSet.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The park deadline passed.
+		if lend && !s.noPark && !s.t.ending.Load() {
+			if s.bp != nil && s.lent {
+				s.pool.Put(s.bp)
+				s.bp = nil
+			}
+			return nil, 0, errPark
+		}
+		// Data is pending, or the tunnel is closing: the closing's
+		// deadline, if any, bounds the read again.
+		bp = s.bp
+		s.restoreDeadline()
+		goto again
+	}
 	bp, n, lent := s.bp, s.n, s.lent
 	s.bp = nil
 	if err == nil && s.errno != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
@@ -75,18 +76,17 @@ type upstreamError struct{ err error }
 func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// clientClose is the client's Close frame.
-type clientClose struct{ code int }
-
-func (e *clientClose) Error() string { return "client sent Close" }
+// errClientClose: the client sent a Close frame, whose code is in
+// Tunnel.peerCode.
+var errClientClose = errors.New("client sent Close")
 
 // Tunnel relays one client to one upstream.
 type Tunnel struct {
 	cfg      *Config
 	client   Conn
 	up       net.Conn
-	clientRd *socketReader
-	upRd     *socketReader
+	clientRd socketReader
+	upRd     socketReader
 	base64   bool // websockify's base64 subprotocol
 	opcode   byte // of messages to the client
 	started  time.Time
@@ -100,14 +100,15 @@ type Tunnel struct {
 	deadlineSet time.Time     // under writeLock: when the write deadline was last moved
 	upDeadline  time.Time     // client pump only: when the upstream write deadline was last moved
 
-	endOnce  sync.Once
+	endMu    sync.Mutex // makes the first decide the only one
+	peerCode int        // client pump: the code of the client's Close (errClientClose)
 	ending   atomic.Bool
 	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
 	end      End           // set once, by the first decide
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
 	pumps    atomic.Int32  // pumps still running; the last one finishes
-	finished chan struct{} // closed when the tunnel has ended and onEnd returned
+	finished chan struct{} // Run only: closed when the tunnel has ended and onEnd returned
 	onEnd    func(End)
 
 	// Heartbeat, idle timeout and throttle (timers.go); nil or zero when off.
@@ -116,6 +117,16 @@ type Tunnel struct {
 	lastHeard          atomic.Int64 // when the client last sent anything (since start)
 	lastData           atomic.Int64 // when data last went either way (since start)
 	readLim, writeLim  *limiter     // client to upstream, upstream to client
+
+	// The pumps' state between reads, kept here so that a pump can park
+	// (poller.go) and resume on another goroutine.
+	parser   wsframe.Parser       // client pump
+	utf8v    wsframe.UTF8Stream   // client pump
+	b64      wsframe.Base64Stream // client pump
+	carry    [utf8.UTFMax]byte    // upstream pump: a UTF-8 sequence split by the last read
+	nc       int                  // upstream pump: bytes in carry
+	repaired []byte               // upstream pump, text mode: upstream bytes that were not UTF-8, repaired
+	draining bool                 // upstream pump: the tunnel is ending, what the upstream sends is dropped
 }
 
 // New returns a tunnel between client and up, not started. base64 is
@@ -130,15 +141,25 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 		started:   time.Now(),
 		writeLock: make(chan struct{}, 1),
 		done:      make(chan struct{}),
-		finished:  make(chan struct{}),
 	}
 	if cfg.Text || base64 {
 		t.opcode = wsframe.OpText
 	}
 	t.readLim = newLimiter(cfg.ReadRate, cfg.Burst, cfg.BufferSize)
 	t.writeLim = newLimiter(cfg.WriteRate, cfg.Burst, cfg.BufferSize)
-	t.clientRd = newSocketReader(client, cfg.bufs)
-	t.upRd = newSocketReader(up, cfg.bufs)
+	t.clientRd.init(client, cfg.bufs)
+	t.upRd.init(up, cfg.bufs)
+	// Set here, before the tunnel can be seen (the admin API may close it
+	// before it starts), and never changed: kick reads them.
+	if p := sharedPoller(); p != nil {
+		for _, s := range []*socketReader{&t.clientRd, &t.upRd} {
+			if s.rc != nil {
+				s.poll, s.t = p, t
+			}
+		}
+		t.clientRd.client = true
+	}
+	t.parser = wsframe.Parser{MaxMessage: cfg.MaxMessageSize, FromServer: cfg.Client}
 	return t
 }
 
@@ -146,6 +167,9 @@ func New(cfg *Config, client Conn, up net.Conn, base64 bool) *Tunnel {
 // goroutine (the HTTP server's, with its buffers and deep stack) is freed
 // for the tunnel's life. onEnd runs once, when both pumps have ended and
 // both sides are closed.
+//
+// A pump whose socket stays quiet parks: its goroutine ends until the
+// socket is readable again (poller.go).
 func (t *Tunnel) Start(onEnd func(End)) {
 	t.onEnd = onEnd
 	t.startTimers()
@@ -159,6 +183,9 @@ func (t *Tunnel) Start(onEnd func(End)) {
 // stream that lives only as long as its handler runs (HTTP/2, HTTP/3).
 func (t *Tunnel) Run(onEnd func(End)) {
 	t.onEnd = onEnd
+	// The caller's goroutine is held anyway: nothing parks.
+	t.clientRd.noPark, t.upRd.noPark = true, true
+	t.finished = make(chan struct{})
 	t.startTimers()
 	t.pumps.Store(2)
 	go t.runClientPump()
@@ -166,16 +193,48 @@ func (t *Tunnel) Run(onEnd func(End)) {
 	<-t.finished
 }
 
+// runClientPump runs the client pump until it ends or parks (poller.go).
 func (t *Tunnel) runClientPump() {
-	defer t.pumpDone()
+	parked := false
+	defer func() {
+		if !parked {
+			t.pumpDone()
+		}
+	}()
 	defer t.recoverPump()
-	t.clientEnded(t.clientToUpstream())
+	for {
+		err := t.clientToUpstream()
+		if err == errPark {
+			if parked = t.clientRd.park(); parked {
+				return
+			}
+			continue
+		}
+		t.clientEnded(err)
+		return
+	}
 }
 
+// runUpstreamPump runs the upstream pump until it ends or parks.
 func (t *Tunnel) runUpstreamPump() {
-	defer t.pumpDone()
+	parked := false
+	defer func() {
+		if !parked {
+			t.pumpDone()
+		}
+	}()
 	defer t.recoverPump()
-	t.upstreamEnded(t.upstreamToClient())
+	for {
+		err := t.upstreamToClient()
+		if err == errPark {
+			if parked = t.upRd.park(); parked {
+				return
+			}
+			continue
+		}
+		t.upstreamEnded(err)
+		return
+	}
 }
 
 // Started is when the tunnel was made.
@@ -201,12 +260,16 @@ func (t *Tunnel) pumpDone() {
 	if t.reaper != nil {
 		t.reaper.Stop()
 	}
+	t.clientRd.poll.release(&t.clientRd)
+	t.upRd.poll.release(&t.upRd)
 	t.up.Close()
 	t.client.Close()
 	if t.onEnd != nil {
 		t.onEnd(t.end)
 	}
-	close(t.finished)
+	if t.finished != nil {
+		close(t.finished)
+	}
 }
 
 // recoverPump turns a panic in a pump into a 1011 close of its tunnel
@@ -225,22 +288,30 @@ func (t *Tunnel) recoverPump() {
 // closing grace to finish: a peer that neither reads nor closes cannot pin
 // it.
 func (t *Tunnel) decide(code int, by string, err error) bool {
-	first := false
-	t.endOnce.Do(func() {
+	t.endMu.Lock()
+	first := !t.ending.Load()
+	if first {
 		t.end = End{Code: code, By: by, Err: err}
 		t.ending.Store(true)
 		close(t.done)
 		t.reaper = time.AfterFunc(t.cfg.WriteTimeout+t.cfg.CloseGrace, t.closeBoth)
-		first = true
-	})
+	}
+	t.endMu.Unlock()
+	if first {
+		// A parked pump reads again: the closing waits on its reads.
+		t.clientRd.kick()
+		t.upRd.kick()
+	}
 	return first
 }
 
 // closeBoth closes both sides at once: every blocked read and write of the
-// pumps returns.
+// pumps returns, and a parked pump resumes to find its side closed.
 func (t *Tunnel) closeBoth() {
 	t.up.Close()
 	t.client.Close()
+	t.clientRd.kick()
+	t.upRd.kick()
 }
 
 // fail ends the tunnel on a broken side: nothing more can be said to the
@@ -253,12 +324,12 @@ func (t *Tunnel) fail(code int, by string, err error) {
 // clientEnded acts on the end of the client pump, when it is the tunnel's
 // first end.
 func (t *Tunnel) clientEnded(err error) {
-	var cc *clientClose
-	var ce *wsframe.CloseError
-	var ue *upstreamError
+	ce, _ := findErr[*wsframe.CloseError](err)
+	ue, _ := findErr[*upstreamError](err)
 	switch {
-	case errors.As(err, &cc):
-		if !t.decide(cc.code, ByClient, nil) {
+	case errors.Is(err, errClientClose):
+		code := t.peerCode
+		if !t.decide(code, ByClient, nil) {
 			return
 		}
 		// All client data is written: half-close the upstream so that it
@@ -266,8 +337,8 @@ func (t *Tunnel) clientEnded(err error) {
 		// upstream pump drain what the upstream still sends until it
 		// closes too (closing with unread input would send an RST).
 		closeWrite(t.up)
-		t.up.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
-		if t.cfg.HalfClose && cc.code == wsframe.CloseNormal {
+		t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		if t.cfg.HalfClose && code == wsframe.CloseNormal {
 			// The upstream pump relays the answer and echoes the Close
 			// when the upstream ends (upstreamEnded), unless it has
 			// ended already.
@@ -275,11 +346,11 @@ func (t *Tunnel) clientEnded(err error) {
 				return
 			}
 		}
-		t.sendClose(cc.code, "")
+		t.sendClose(code, "")
 		t.client.Close()
-	case errors.As(err, &ue), errors.As(err, &ce):
+	case ue != nil, ce != nil:
 		code, reason, by := wsframe.CloseBadGateway, "bad gateway", ByUpstream
-		if ce != nil {
+		if ue == nil {
 			code, reason, by = ce.Code, ce.Reason, ByClient
 		}
 		if !t.decide(code, by, err) {
@@ -296,8 +367,7 @@ func (t *Tunnel) clientEnded(err error) {
 // upstreamEnded acts on the end of the upstream pump, when it is the
 // tunnel's first end.
 func (t *Tunnel) upstreamEnded(err error) {
-	var ue *upstreamError
-	if !errors.As(err, &ue) {
+	if _, ok := findErr[*upstreamError](err); !ok {
 		// Writing to the client failed: it vanished, or accepted nothing
 		// for write_timeout.
 		t.fail(wsframe.CloseAbnormal, ByClient, err)
@@ -319,7 +389,7 @@ func (t *Tunnel) upstreamEnded(err error) {
 	// Every byte read is written. Close, and give the client pump the
 	// grace period to receive the client's Close (or the last client data).
 	t.sendClose(code, reason)
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 }
 
 // Terminate ends the tunnel from the server's side (reload, stop, admin)
@@ -342,7 +412,7 @@ func (t *Tunnel) terminate(code int, reason string) bool {
 	}
 	t.sendClose(code, reason)
 	t.up.Close()
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 	return true
 }
 
@@ -352,9 +422,33 @@ func (t *Tunnel) terminate(code int, reason string) bool {
 // client reads it.
 func (t *Tunnel) lingerClose() {
 	closeWrite(t.client)
-	t.client.SetReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 	io.Copy(io.Discard, t.client)
 	t.client.Close()
+}
+
+// findErr is errors.As for a pointer type, without its allocation: the
+// first error of type T in err's tree.
+func findErr[T error](err error) (T, bool) {
+	for err != nil {
+		if e, ok := err.(T); ok {
+			return e, true
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, err := range u.Unwrap() {
+				if e, ok := findErr[T](err); ok {
+					return e, true
+				}
+			}
+			return *new(T), false
+		default:
+			return *new(T), false
+		}
+	}
+	return *new(T), false
 }
 
 // closeWrite half-closes a connection that supports it (TCP, Unix, TLS).
