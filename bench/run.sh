@@ -80,11 +80,7 @@ kill_tree() {
 
 # ---- machine and build ----------------------------------------------------
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-CLK_TCK=$(getconf CLK_TCK)
-NPROC=$(nproc)
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-KERNEL=$(uname -sr)
+machine_facts
 WSFY_VERSION=
 if [[ $WEBSOCKIFY != 0 ]] && command -v websockify >/dev/null; then
 	WEBSOCKIFY=1
@@ -93,31 +89,12 @@ else
 	WEBSOCKIFY=0
 fi
 
-log "building into $BIN"
-if [[ -n ${CADDY_BIN:-} ]]; then
-	cp "$CADDY_BIN" "$BIN/caddy"
-else
-	if ! go build -o "$BIN/caddy" ./cmd/caddy; then
-		log "building ./cmd/caddy failed (a tree being edited?): retry later, or set CADDY_BIN"
-		exit 1
-	fi
-fi
-go build -o "$BIN/relay" ./bench/relay
-go build -o "$BIN/wsrelay" ./bench/wsrelay
-go build -o "$BIN/load" ./bench/load
-LOAD=$BIN/load
+build_into "$BIN" relay wsrelay
 
 # ---- upstreams (started once, shared by all proxies) ----------------------
 
 declare -A UP=()
-for mode in echo sink source; do
-	"$LOAD" upstream -mode "$mode" -listen 127.0.0.1:0 >"$TMP/up_$mode.out" 2>"$TMP/up_$mode.err" &
-	PID[up_$mode]=$!
-done
-for mode in echo sink source; do
-	UP[$mode]=$(first_line "$TMP/up_$mode.out")
-done
-log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
+start_upstreams
 
 # ---- proxies --------------------------------------------------------------
 
@@ -207,16 +184,8 @@ stop_proc() {
 	unset "PID[$name]"
 }
 
-# record_rss PROXY REP: the peak RSS (VmHWM) of the proxy's current process,
-# recorded under the phase it has run.
-record_rss() {
-	local proxy=$1 rep=$2 pid=${PID[$1]:-} kb
-	[[ -z $pid || ! -r /proc/$pid/status ]] && return 0
-	kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-	[[ -z $kb ]] && return 0
-	printf '{"label":"rss_%s","proxy":"%s","rep":%s,"peak_rss_mb":%s}\n' \
-		"${PHASE[$proxy]:-throughput}" "$proxy" "$rep" "$(awk -v k="$kb" 'BEGIN {printf "%.1f", k/1024}')" >>"$RESULTS"
-}
+# record_rss PROXY REP: the peak RSS of the proxy's current process.
+record_rss() { record_peak_rss "${PID[$1]:-}" "${PHASE[$1]:-throughput}" "$1" "$2"; }
 
 # restart PROXY REP [PHASE]: a fresh process (websockify: only for the echo
 # upstream when PHASE is given, the idle scenarios use only that one).
@@ -282,24 +251,19 @@ T_START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "REPS=$REPS SIZE=$SIZE DURATION=$DURATION IDLE_CONNS='$IDLE_CONNS' proxies: ${PROXIES[*]}"
 for ((rep = 1; rep <= REPS; rep++)); do
-	# Alternate the order of the proxies so that drift and warm-up hit all alike.
-	order=("${PROXIES[@]}")
-	if ((rep % 2 == 0)); then
-		order=()
-		for ((i = ${#PROXIES[@]} - 1; i >= 0; i--)); do order+=("${PROXIES[i]}"); done
-	fi
+	rep_order "$rep" "${PROXIES[@]}"
 	# Each repetition starts from fresh proxy processes.
 	for proxy in "${PROXIES[@]}"; do restart "$proxy" "$((rep - 1))"; done
 	for sc in "${SCENARIOS[@]}"; do
 		IFS='|' read -r label up args <<<"$sc"
-		for proxy in "${order[@]}"; do
+		for proxy in "${ORDER[@]}"; do
 			# shellcheck disable=SC2086
 			run_load "$rep" "$label" "$proxy" "$up" $args
 		done
 	done
 	# Idle memory: each measured on a freshly started proxy process.
 	for n in $IDLE_CONNS; do
-		for proxy in "${order[@]}"; do
+		for proxy in "${ORDER[@]}"; do
 			if [[ $proxy == websockify ]] && ((n > WSFY_IDLE_MAX)); then
 				printf '{"label":"idle_%s","proxy":"websockify","rep":%s,"skipped":true}\n' "$n" "$rep" >>"$RESULTS"
 				continue
@@ -320,13 +284,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$ROOT/bench/results"
 cp "$RESULTS" "$ROOT/bench/results/latest.jsonl"
 {
-	echo "# ws_to_tcp benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo
-	echo "- machine: $NPROC CPUs, $CPU_MODEL, $KERNEL, $(go version | cut -d' ' -f3-)"
-	echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' + uncommitted changes')"
-	if [[ -n ${CADDY_BIN:-} ]]; then
-		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
-	fi
+	report_header "ws_to_tcp benchmark"
 	echo "- load average (1, 5, 15 min) at the start: $LOAD_START, at the end: $LOAD_END" \
 		"(this script's own processes use about 2 CPUs while it runs: more means other work shared the machine)"
 	echo "- references: relay = bench/relay (plain Go TCP relay), wsrelay = bench/wsrelay" \

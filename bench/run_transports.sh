@@ -63,36 +63,15 @@ trap cleanup EXIT
 
 # ---- machine and build ----------------------------------------------------
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-CLK_TCK=$(getconf CLK_TCK)
-NPROC=$(nproc)
-CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-KERNEL=$(uname -sr)
+machine_facts
 
-log "building into $BIN"
-if [[ -n ${CADDY_BIN:-} ]]; then
-	cp "$CADDY_BIN" "$BIN/caddy"
-else
-	if ! go build -o "$BIN/caddy" ./cmd/caddy; then
-		log "building ./cmd/caddy failed (a tree being edited?): retry later, or set CADDY_BIN"
-		exit 1
-	fi
-fi
-go build -o "$BIN/load" ./bench/load
-LOAD=$BIN/load
+build_into "$BIN"
 "$LOAD" cert -dir "$TMP"
 
 # ---- upstreams (started once) --------------------------------------------
 
 declare -A UP=()
-for mode in echo sink source; do
-	"$LOAD" upstream -mode "$mode" -listen 127.0.0.1:0 >"$TMP/up_$mode.out" 2>"$TMP/up_$mode.err" &
-	PID[up_$mode]=$!
-done
-for mode in echo sink source; do
-	UP[$mode]=$(first_line "$TMP/up_$mode.out")
-done
-log "upstreams: echo ${UP[echo]} sink ${UP[sink]} source ${UP[source]}"
+start_upstreams
 
 # ---- Caddy ------------------------------------------------------------------
 
@@ -129,16 +108,8 @@ start_caddy() {
 	"$LOAD" waitport -addr "127.0.0.1:$PORT" -timeout 60s
 }
 
-# record_rss REP: the peak RSS (VmHWM) of the current Caddy, under the phase
-# it has run.
-record_rss() {
-	local rep=$1 pid=${PID[caddy]:-} kb
-	[[ -z $pid || ! -r /proc/$pid/status ]] && return 0
-	kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-	[[ -z $kb ]] && return 0
-	printf '{"label":"rss_%s","proxy":"%s","rep":%s,"peak_rss_mb":%s}\n' \
-		"$PHASE" "$PHASE_PROTO" "$rep" "$(awk -v k="$kb" 'BEGIN {printf "%.1f", k/1024}')" >>"$RESULTS"
-}
+# record_rss REP: the peak RSS of the current Caddy.
+record_rss() { record_peak_rss "${PID[caddy]:-}" "$PHASE" "$PHASE_PROTO" "$1"; }
 
 # restart REP PHASE PROTO: a fresh Caddy.
 restart() {
@@ -177,24 +148,19 @@ run_load() {
 T_START=$(date +%s)
 log "REPS=$REPS SIZE=$SIZE RTT_COUNT=$RTT_COUNT IDLE_CONNS='$IDLE_CONNS' PER_CONN=$PER_CONN transports: ${TRANSPORTS[*]}"
 for ((rep = 1; rep <= REPS; rep++)); do
-	# Alternate the order so that drift and warm-up hit all transports alike.
-	order=("${TRANSPORTS[@]}")
-	if ((rep % 2 == 0)); then
-		order=()
-		for ((i = ${#TRANSPORTS[@]} - 1; i >= 0; i--)); do order+=("${TRANSPORTS[i]}"); done
-	fi
+	rep_order "$rep" "${TRANSPORTS[@]}"
 	# Each repetition starts from a fresh Caddy.
 	restart "$((rep - 1))" throughput all
 	for sc in "${SCENARIOS[@]}"; do
 		IFS='|' read -r label up args <<<"$sc"
-		for proto in "${order[@]}"; do
+		for proto in "${ORDER[@]}"; do
 			# shellcheck disable=SC2086
 			run_load "$rep" "$label" "$proto" "$up" $args
 		done
 	done
 	# Idle memory: each measured on a freshly started Caddy.
 	for n in $IDLE_CONNS; do
-		for proto in "${order[@]}"; do
+		for proto in "${ORDER[@]}"; do
 			restart "$rep" "idle_$n" "$proto"
 			run_load "$rep" "idle_$n" "$proto" echo -scenario idle -conns "$n" -hold "$HOLD" -concurrency 64
 		done
@@ -208,13 +174,7 @@ ELAPSED=$(($(date +%s) - T_START))
 mkdir -p "$ROOT/bench/results"
 cp "$RESULTS" "$ROOT/bench/results/transports.jsonl"
 {
-	echo "# ws_to_tcp over HTTP/1.1+TLS, HTTP/2 and HTTP/3 — $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo
-	echo "- machine: $NPROC CPUs, $CPU_MODEL, $KERNEL, $(go version | cut -d' ' -f3-)"
-	echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' + uncommitted changes')"
-	if [[ -n ${CADDY_BIN:-} ]]; then
-		echo "- caddy: prebuilt binary $CADDY_BIN (CADDY_BIN), not built from this tree"
-	fi
+	report_header "ws_to_tcp over HTTP/1.1+TLS, HTTP/2 and HTTP/3"
 	echo "- REPS=$REPS, SIZE=$SIZE, RTT_COUNT=$RTT_COUNT, IDLE_CONNS=$IDLE_CONNS, HOLD=$HOLD, PER_CONN=$PER_CONN, buffer_size ${BUFFER_SIZE:-default (32 KiB)}; run took ${ELAPSED}s"
 	echo
 	"$LOAD" report -transports -in "$RESULTS"

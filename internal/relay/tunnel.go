@@ -193,30 +193,13 @@ func (t *Tunnel) Run(onEnd func(End)) {
 	<-t.finished
 }
 
-// runClientPump runs the client pump until it ends or parks (poller.go).
-func (t *Tunnel) runClientPump() {
-	parked := false
-	defer func() {
-		if !parked {
-			t.pumpDone()
-		}
-	}()
-	defer t.recoverPump()
-	for {
-		err := t.clientToUpstream()
-		if err == errPark {
-			if parked = t.clientRd.park(); parked {
-				return
-			}
-			continue
-		}
-		t.clientEnded(err)
-		return
-	}
-}
+func (t *Tunnel) runClientPump() { t.runPump(t.clientToUpstream, &t.clientRd, t.clientEnded) }
 
-// runUpstreamPump runs the upstream pump until it ends or parks.
-func (t *Tunnel) runUpstreamPump() {
+func (t *Tunnel) runUpstreamPump() { t.runPump(t.upstreamToClient, &t.upRd, t.upstreamEnded) }
+
+// runPump runs a pump until it ends, then acts on its end, or until it
+// parks (poller.go): a parked pump is not done, its next run will be.
+func (t *Tunnel) runPump(pump func() error, rd *socketReader, ended func(error)) {
 	parked := false
 	defer func() {
 		if !parked {
@@ -225,14 +208,14 @@ func (t *Tunnel) runUpstreamPump() {
 	}()
 	defer t.recoverPump()
 	for {
-		err := t.upstreamToClient()
+		err := pump()
 		if err == errPark {
-			if parked = t.upRd.park(); parked {
+			if parked = rd.park(); parked {
 				return
 			}
 			continue
 		}
-		t.upstreamEnded(err)
+		ended(err)
 		return
 	}
 }
