@@ -46,7 +46,7 @@ func (e *handshakeError) Error() string { return fmt.Sprintf("handshake refused:
 
 // dialH1 opens a WebSocket over HTTP/1.1 (with TLS when conf is set): the
 // handshake with a fresh key, its answer checked.
-func dialH1(ctx context.Context, addr, authority, path string, conf *tls.Config) (stream, *bufio.Reader, error) {
+func dialH1(ctx context.Context, addr, authority, path string, conf *tls.Config, sending func()) (stream, *bufio.Reader, error) {
 	var nc net.Conn
 	var err error
 	if conf != nil {
@@ -66,6 +66,7 @@ func dialH1(ctx context.Context, addr, authority, path string, conf *tls.Config)
 	req := "GET " + path + " HTTP/1.1\r\nHost: " + authority +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
 		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	sending()
 	if _, err := io.WriteString(nc, req); err != nil {
 		nc.Close()
 		return nil, nil, err

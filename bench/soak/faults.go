@@ -150,8 +150,10 @@ func (s *soak) newTunnel() *tunnel {
 	case t.kind == kindFreeze:
 		t.route, t.class = "/hb", classInteractive
 	case t.info().atBytes:
+		// The upstream strikes after a few KiB; the life is only a cap.
 		t.class = classInteractive
-		t.faultAt = 1 + rand.Int64N(16<<10)
+		t.faultAt = 1 + rand.Int64N(4<<10)
+		t.life = 30 * time.Second
 	}
 	return t
 }

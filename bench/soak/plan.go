@@ -103,8 +103,10 @@ type tunnel struct {
 	faultAt   int64         // upstream faults: bytes after which it strikes
 
 	// Client side.
-	start       time.Time     // handshake started
-	handshake   time.Duration // until the 101 or 200
+	start       time.Time     // the tunnel's connection began (a dial, or a pooled HTTP/2-3 connection)
+	reqAt       time.Time     // the handshake's request went
+	handshake   time.Duration // from the request to the 101 or 200
+	connect     time.Duration // from start to the 101 or 200: with the TCP, TLS or QUIC handshake when one was needed
 	status      int           // a refused handshake's HTTP status
 	retryAfter  string
 	openErr     string

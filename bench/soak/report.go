@@ -124,14 +124,39 @@ func (s *soak) figures(w func(string, ...any), samples []sample, ty *tally) {
 	w("| Caddy's goroutines: baseline / peak / after | %d / %d / %d (margin %d) |", s.base.goroutines, peak.goroutines, s.final.goroutines, goroutineMargin)
 	w("| Caddy's heap after GC: baseline / after (peak before GC) | %.1f / %.1f MiB (%.1f MiB; margin max(%d%%, %d MiB)) |", mib(s.base.heap), mib(s.final.heap), peak.heapBytes/(1<<20), heapMarginPct, heapMarginMin>>20)
 	w("| back to the baseline in | %v after the last tunnel closed |", s.settleTook.Round(100*time.Millisecond))
-	w("| latest fault end past its bound | %v (slack allowed %v) |", ty.worstLateness.Round(time.Millisecond), c.slack)
+	if ty.worstLateness > -time.Hour {
+		w("| a broken tunnel's latest end, against its bound | %v (negative: within the bound; slack allowed %v) |", ty.worstLateness.Round(time.Millisecond), c.slack)
+	}
+	w("")
+	w("Handshake p99 by transport, steady / during reloads: the WebSocket handshake (request to 101 or 200), and with the connection's setup (TCP, TLS or QUIC) when the tunnel needed a new one:")
+	w("")
+	w("| transport | handshake steady | during reloads | with connection setup, steady | during reloads | handshakes steady / during |")
+	w("|---|---|---|---|---|---|")
+	conn := func(h handshake) time.Duration { return h.connect }
+	for _, tr := range allTransports {
+		var st, du []handshake
+		for _, h := range ty.hsSteadyAll {
+			if h.tr == tr {
+				st = append(st, h)
+			}
+		}
+		for _, h := range ty.hsReloadAll {
+			if h.tr == tr {
+				du = append(du, h)
+			}
+		}
+		w("| %s | %v | %v | %v | %v | %d / %d |", tr, percentile(st, 0.99).Round(time.Microsecond), percentile(du, 0.99).Round(time.Microsecond),
+			percentileOf(st, 0.99, conn).Round(time.Microsecond), percentileOf(du, 0.99, conn).Round(time.Microsecond), len(st), len(du))
+	}
 	w("")
 	w("## Faults")
 	w("")
 	w("Bounds: write_timeout %v, closing grace %v, heartbeat %v/%v, reload_close_after %v (configuration A, /rca); every bound plus %v of slack.", c.writeTimeout, c.closeGrace, c.hbInterval, c.hbTimeout, c.reloadClose, c.slack)
 	w("")
-	w("| kind | expected end (Caddy's log) | bound after the fault | planned | struck | as expected |")
-	w("|---|---|---|---|---|---|")
+	w("The slowest end is the longest time from the fault (for normal tunnels: the client's Close) to the tunnel's `tunnel closed` line, over all transports and over HTTP/2-3 alone.")
+	w("")
+	w("| kind | expected end (Caddy's log) | bound after the fault | planned | struck | as expected | slowest end (all / h2-h3) |")
+	w("|---|---|---|---|---|---|---|")
 	for k := kind(0); k < numKinds; k++ {
 		info := kinds[k]
 		bound := info.bound(c) + c.closeGrace
@@ -143,7 +168,8 @@ func (s *soak) figures(w func(string, ...any), samples []sample, ty *tally) {
 		if k == kindNormal {
 			struck = "—"
 		}
-		w("| %s | %d by %s | %v | %d | %s | %d |", info.name, info.code, info.by, bound, st.planned, struck, st.ok)
+		w("| %s | %d by %s | %v | %d | %s | %d | %v / %v |", info.name, info.code, info.by, bound, st.planned, struck, st.ok,
+			st.slowest.Round(time.Millisecond), st.slowestStream.Round(time.Millisecond))
 	}
 	w("")
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,7 +21,11 @@ func (s *soak) runTunnel(t *tunnel) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	st, br, release, err := s.open(ctx, t)
 	cancel()
-	t.handshake = time.Since(t.start)
+	t.connect = time.Since(t.start)
+	t.handshake = time.Since(t.reqAt)
+	if t.handshake > time.Second && os.Getenv("SOAK_DEBUG") != "" {
+		logf("slow handshake %s %s %s: %v (connect %v) err=%v", t.name, t.transport, t.route, t.handshake, t.connect, err)
+	}
 	if err != nil {
 		var he *handshakeError
 		if errors.As(err, &he) {
@@ -45,15 +50,16 @@ func (s *soak) runTunnel(t *tunnel) {
 // open dials the tunnel's transport and route.
 func (s *soak) open(ctx context.Context, t *tunnel) (stream, *bufio.Reader, func(), error) {
 	path := t.route + "?t=" + t.name
+	sending := func() { t.reqAt = time.Now() }
 	switch t.transport {
 	case trH1:
-		st, br, err := dialH1(ctx, s.httpAddr, s.httpAddr, path, nil)
+		st, br, err := dialH1(ctx, s.httpAddr, s.httpAddr, path, nil, sending)
 		return st, br, func() {}, err
 	case trH1TLS:
-		st, br, err := dialH1(ctx, s.httpsAddr, s.authority, path, s.tlsConf("http/1.1"))
+		st, br, err := dialH1(ctx, s.httpsAddr, s.authority, path, s.tlsConf("http/1.1"), sending)
 		return st, br, func() {}, err
 	}
-	st, release, err := s.pools[t.transport].open(ctx, path)
+	st, release, err := s.pools[t.transport].open(ctx, path, sending)
 	return st, nil, release, err
 }
 

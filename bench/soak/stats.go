@@ -23,9 +23,10 @@ type stats struct {
 }
 
 type handshake struct {
-	at time.Time
-	d  time.Duration
-	tr string
+	at      time.Time
+	d       time.Duration // the WebSocket handshake: request to answer
+	connect time.Duration // with the connection's setup when it needed one
+	tr      string
 }
 
 func newStats() *stats {
@@ -42,7 +43,7 @@ func (s *stats) launching(t *tunnel) {
 func (s *stats) opened(t *tunnel) {
 	s.mu.Lock()
 	s.opens++
-	s.hs = append(s.hs, handshake{t.start, t.handshake, t.transport})
+	s.hs = append(s.hs, handshake{t.start, t.handshake, t.connect, t.transport})
 	s.mu.Unlock()
 }
 
@@ -103,12 +104,16 @@ func (s *stats) handshakesIn(from, to time.Time) []handshake {
 
 // p99 of the handshakes' durations (0 for none).
 func percentile(hs []handshake, q float64) time.Duration {
+	return percentileOf(hs, q, func(h handshake) time.Duration { return h.d })
+}
+
+func percentileOf(hs []handshake, q float64, f func(handshake) time.Duration) time.Duration {
 	if len(hs) == 0 {
 		return 0
 	}
 	d := make([]time.Duration, len(hs))
 	for i, h := range hs {
-		d[i] = h.d
+		d[i] = f(h)
 	}
 	slices.Sort(d)
 	return d[min(len(d)-1, int(q*float64(len(d))))]

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 
 // perConn is how many tunnels a connection carries: below Go's HTTP/2
 // limit of 250 streams and quic-go's 100.
-const perConn = 90
+var perConn = 90
 
 type muxPool struct {
 	proto     string // trH2 or trH3
@@ -165,7 +166,7 @@ func (p *muxPool) dial(ctx context.Context) (*muxConn, error) {
 // open opens a tunnel on a pooled connection; the returned release must
 // be called when the tunnel has ended. A connection that a reload has just
 // shut down is retired and the tunnel tried once more on a new one.
-func (p *muxPool) open(ctx context.Context, path string) (stream, func(), error) {
+func (p *muxPool) open(ctx context.Context, path string, sending func()) (stream, func(), error) {
 	var err error
 	for range 2 {
 		var c *muxConn
@@ -173,6 +174,7 @@ func (p *muxPool) open(ctx context.Context, path string) (stream, func(), error)
 			return nil, nil, err
 		}
 		var s stream
+		sending()
 		if c.h2 != nil {
 			s, err = openH2(c.h2, p.authority, path)
 		} else {
@@ -264,4 +266,10 @@ func openH3(ctx context.Context, cc *http3.ClientConn, authority, path string) (
 		return nil, &handshakeError{resp.StatusCode, resp.Header.Get("Retry-After")}
 	}
 	return h3Stream{rs}, nil
+}
+
+func init() {
+	if v := os.Getenv("SOAK_PERCONN"); v != "" {
+		fmt.Sscan(v, &perConn)
+	}
 }

@@ -168,6 +168,7 @@ func (u *upstream) echo(c net.Conn, br *bufio.Reader, t *tunnel) error {
 				case kindUpHalfCloseStall:
 					// Stop reading while the client sends on, so that
 					// Caddy's writes to us block, then half-close.
+					t.struck.Store(true)
 					<-time.After(300 * time.Millisecond)
 					t.upFault = time.Now()
 					t.struck.Store(true)

@@ -42,8 +42,12 @@ func (v *violations) total() int {
 // outcome counts, for the report: per kind, how many struck and how many
 // ended as they must; how many ended by a reload or an upstream restart.
 type tally struct {
-	opened, refusedOK   int
-	byKind              [numKinds]struct{ planned, struck, ok int }
+	opened, refusedOK int
+	byKind            [numKinds]struct {
+		planned, struck, ok int
+		slowest             time.Duration // the longest from the fault to the end in Caddy's log
+		slowestStream       time.Duration // the same over HTTP/2 and HTTP/3
+	}
 	reloadEnded         int // h2/h3 tunnels ended (1001) by a reload
 	rcaEnded            int // /rca tunnels of configuration A ended by reload_close_after
 	restartEnded        int // ended by the upstream's restart
@@ -51,6 +55,8 @@ type tally struct {
 	worstLateness       time.Duration // the latest end past its bound's start, over broken tunnels
 	hsSteady, hsReload  time.Duration // handshake p99
 	nSteady, nReload    int
+	hsSteadyAll         []handshake // for the per-transport table
+	hsReloadAll         []handshake
 	refusals503, ret503 int
 }
 
@@ -58,7 +64,7 @@ type tally struct {
 // "What it checks") once every client, upstream connection and Caddy
 // itself have ended.
 func (s *soak) judge() *tally {
-	ty := &tally{}
+	ty := &tally{worstLateness: -time.Hour}
 	for _, t := range s.reg.list() {
 		s.judgeTunnel(t, ty)
 	}
@@ -109,13 +115,19 @@ func (s *soak) judgeTunnel(t *tunnel, ty *tally) {
 		s.v.add("fault", name+": "+format, a...)
 	}
 	if lg.code != info.code || lg.by != info.by {
-		fail("ended with %d by %s, want %d by %s (client: close %d, %s%s)", lg.code, lg.by, info.code, info.by, t.closeCode, t.clientErr, t.writeErr)
+		fail("ended with %d by %s, want %d by %s %s (configuration %s; client: close %d, %s%s)", lg.code, lg.by, info.code, info.by, s.nearestReload(lg.ts), t.upTag, t.closeCode, t.clientErr, t.writeErr)
 	}
 	at := t.clientFault
 	if at.IsZero() {
 		at = t.upFault
 	}
 	bound := info.bound(c)
+	took := lg.ts.Sub(at)
+	bk := &ty.byKind[t.kind]
+	bk.slowest = max(bk.slowest, took)
+	if t.transport == trH2 || t.transport == trH3 {
+		bk.slowestStream = max(bk.slowestStream, took)
+	}
 	if late := lg.ts.Sub(at) - (bound + c.closeGrace); late > c.slack {
 		fail("ended %v after the fault, bound %v (+%v slack)", lg.ts.Sub(at).Round(time.Millisecond), bound+c.closeGrace, c.slack)
 	} else {
@@ -153,15 +165,24 @@ func (s *soak) externalEnd(t *tunnel, ty *tally) bool {
 	c := &s.cfg
 	lg := t.log
 	h1 := t.transport == trH1 || t.transport == trH1TLS
-	if lg.code == 1001 && lg.by == "server" {
+	if !h1 {
+		// A reload ends every HTTP/2-3 tunnel at once (1001), and closes one
+		// already closing without waiting for the rest of its closing
+		// handshake (docs/http2-http3.md, Reloads and stop).
 		for _, r := range s.ev.reloads {
-			if !h1 && !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(c.closeGrace+c.slack)) && t.start.Before(r.end) {
+			// A client that does not read holds the Close up to write_timeout.
+			if !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(c.writeTimeout+c.closeGrace+c.slack)) && t.start.Before(r.end) &&
+				(lg.code == 1001 || t.closeCode == 0) {
 				ty.reloadEnded++
 				return true
 			}
-			if h1 && t.route == "/rca" && t.upTag == "A" && t.start.Before(r.start) &&
+		}
+	}
+	if lg.code == 1001 && lg.by == "server" && h1 {
+		for _, r := range s.ev.reloads {
+			if t.route == "/rca" && t.upTag == "A" && t.start.Before(r.start) &&
 				!lg.ts.Before(r.start.Add(c.reloadClose-100*time.Millisecond)) &&
-				lg.ts.Before(r.end.Add(c.reloadClose+c.closeGrace+c.slack)) {
+				lg.ts.Before(r.end.Add(c.reloadClose+c.writeTimeout+c.closeGrace+c.slack)) {
 				ty.rcaEnded++
 				return true
 			}
@@ -175,6 +196,20 @@ func (s *soak) externalEnd(t *tunnel, ty *tally) bool {
 	return false
 }
 
+// nearestReload says when the reload closest to ts was, for a message.
+func (s *soak) nearestReload(ts time.Time) string {
+	best := time.Duration(1 << 62)
+	for _, r := range s.ev.reloads {
+		if d := ts.Sub(r.start); d.Abs() < best.Abs() {
+			best = d
+		}
+	}
+	if best == 1<<62 {
+		return "(no reload)"
+	}
+	return fmt.Sprintf("(%v after the start of the nearest reload)", best.Round(time.Millisecond))
+}
+
 // judgeNormal: every byte sent came back, and the tunnel ended with the
 // client's Close 1000 within the closing grace.
 func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
@@ -183,7 +218,7 @@ func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
 	sent := t.sent.Load()
 	bad := func(format string, a ...any) { s.v.add("normal tunnel", name+": "+format, a...) }
 	if t.closeSentAt.IsZero() || lg.code != 1000 || lg.by != "client" {
-		bad("ended with %d by %s in Caddy's log (client: Close %d, %s%s)", lg.code, lg.by, t.closeCode, t.clientErr, t.writeErr)
+		bad("ended with %d by %s in Caddy's log %s (configuration %s; client: Close %d, %s%s)", lg.code, lg.by, s.nearestReload(lg.ts), t.upTag, t.closeCode, t.clientErr, t.writeErr)
 		return
 	}
 	if t.closeCode != 1000 {
@@ -195,10 +230,16 @@ func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
 	if lg.bytesIn != sent || lg.bytesOut != sent {
 		bad("sent %d bytes, Caddy's log says %d in and %d out", sent, lg.bytesIn, lg.bytesOut)
 	}
-	if t.upEndErr != "" {
+	if t.upEndErr != "" && t.upRestart.IsZero() {
 		bad("the upstream connection ended with %s, not EOF", t.upEndErr)
 	}
-	if d := lg.ts.Sub(t.closeSentAt); d > c.closeGrace+c.slack {
+	d := lg.ts.Sub(t.closeSentAt)
+	bk := &ty.byKind[kindNormal]
+	bk.slowest = max(bk.slowest, d)
+	if t.transport == trH2 || t.transport == trH3 {
+		bk.slowestStream = max(bk.slowestStream, d)
+	}
+	if d > c.closeGrace+c.slack {
 		bad("ended %v after the client's Close, bound %v (+%v slack)", d.Round(time.Millisecond), c.closeGrace, c.slack)
 	}
 	ty.byKind[kindNormal].ok++
@@ -209,7 +250,7 @@ func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
 // and an HTTP/2 or HTTP/3 stream cut by a reload's shutdown of its server.
 func (s *soak) judgeRefusal(t *tunnel, name string, ty *tally) {
 	c := &s.cfg
-	end := t.start.Add(t.handshake)
+	end := t.start.Add(t.connect)
 	within := func(list []span, before, after time.Duration) bool {
 		for _, r := range list {
 			if end.After(r.start.Add(-before)) && t.start.Before(r.end.Add(after)) {
@@ -230,7 +271,7 @@ func (s *soak) judgeRefusal(t *tunnel, name string, ty *tally) {
 	case t.status == 0 && (t.transport == trH2 || t.transport == trH3) && within(s.ev.reloads, c.slack, c.slack):
 		ty.refusedOK++
 	default:
-		s.v.add("handshake", "%s: refused (HTTP %d%s) after %v", name, t.status, t.openErr, t.handshake.Round(time.Millisecond))
+		s.v.add("handshake", "%s: refused (HTTP %d%s) after %v", name, t.status, t.openErr, t.connect.Round(time.Millisecond))
 	}
 }
 
@@ -259,6 +300,7 @@ func (s *soak) judgeHandshakes(ty *tally) {
 	}
 	ty.hsSteady, ty.hsReload = percentile(steady, 0.99), percentile(during, 0.99)
 	ty.nSteady, ty.nReload = len(steady), len(during)
+	ty.hsSteadyAll, ty.hsReloadAll = steady, during
 	if len(steady) >= 100 && len(during) >= 100 && ty.hsReload > 3*ty.hsSteady {
 		s.v.add("handshake", "p99 during reloads %v is more than 3× the steady %v", ty.hsReload.Round(time.Microsecond), ty.hsSteady.Round(time.Microsecond))
 	}
