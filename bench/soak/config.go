@@ -24,6 +24,11 @@ type settings struct {
 // size, reload_close_after on /rca), so every reload provisions new
 // handlers, and the preamble tells the upstream which one opened a tunnel.
 //
+// grace_period is above write_timeout plus the closing grace: an HTTP/2-3
+// tunnel whose client does not read takes that long to end once its
+// server shuts down, and a shorter grace ends the shutdown with an ERROR
+// and cut connections.
+//
 // Routes: /soak (most tunnels), /rca (reload_close_after in A, none in B),
 // /hb (heartbeat), /restart (the upstream that restarts), /limited
 // (max_connections). Every route's channel is the tunnel's name, so that
@@ -35,7 +40,7 @@ const caddyfileTemplate = `{
 	auto_https disable_redirects
 	http_port @HTTPPORT@
 	https_port @HTTPSPORT@
-	grace_period 5s
+	grace_period 10s
 	log {
 		output stderr
 		format json

@@ -47,12 +47,13 @@ type soak struct {
 	httpsAddr string
 	authority string // localhost:<https port>
 
-	caddy     *caddyProc
-	admin     *admin
-	logs      *logReader
-	echo      *upstream
-	restartUp *upstream
-	pools     map[string]*muxPool
+	caddy      *caddyProc
+	admin      *admin
+	logs       *logReader
+	echo       *upstream
+	restartUp  *upstream
+	pools      map[string]*muxPool
+	quietPools map[string]*muxPool // for the tunnels that stop reading
 
 	reg     *registry
 	v       *violations
@@ -186,10 +187,13 @@ func (s *soak) run(caddyBin string, race bool) int {
 	if err := s.pickPorts(); err != nil {
 		return fatalf("ports: %v", err)
 	}
-	s.pools = map[string]*muxPool{
-		trH2: newMuxPool(trH2, s.httpsAddr, s.authority, s.tlsConf("")),
-		trH3: newMuxPool(trH3, s.httpsAddr, s.authority, s.tlsConf("")),
+	newPools := func() map[string]*muxPool {
+		return map[string]*muxPool{
+			trH2: newMuxPool(trH2, s.httpsAddr, s.authority, s.tlsConf("")),
+			trH3: newMuxPool(trH3, s.httpsAddr, s.authority, s.tlsConf("")),
+		}
 	}
+	s.pools, s.quietPools = newPools(), newPools()
 	logFile, err := os.Create(filepath.Join(s.work, "caddy.log"))
 	if err != nil {
 		return fatalf("%v", err)
@@ -289,6 +293,9 @@ func (s *soak) warmUp() {
 	for _, p := range s.pools {
 		p.closeAll()
 	}
+	for _, p := range s.quietPools {
+		p.closeAll()
+	}
 }
 
 // drain waits for every client to end: normal tunnels close at once, a
@@ -307,6 +314,9 @@ func (s *soak) drain() {
 		<-done // their own bounds end them; the verdict says which
 	}
 	for _, p := range s.pools {
+		p.closeAll()
+	}
+	for _, p := range s.quietPools {
 		p.closeAll()
 	}
 }

@@ -113,6 +113,7 @@ func (s *soak) figures(w func(string, ...any), samples []sample, ty *tally) {
 	w("| handshake p99, steady / during reloads | %v (%d) / %v (%d): %.2f× (limit 3×) |", ty.hsSteady.Round(time.Microsecond), ty.nSteady,
 		ty.hsReload.Round(time.Microsecond), ty.nReload, ratio(ty.hsReload, ty.hsSteady))
 	w("| handshakes refused as planned | %d (by status: %s; failed without one: %d) |", ty.refusedOK, refusals, failures)
+	w("| handshakes cut by a reload (no answer) | %v |", ty.cutByReload)
 	w("| bytes checked (at the upstreams and back at the clients) | %.1f MB; mean %.2f MB/s sent plus echoed |", float64(ty.bytesVerified)/1e6, bytesSum/runSecs/1e6)
 	w("| reloads | %d (A/B alternating), %.0f ms each on average |", len(s.ev.reloads), float64(reloadTotal.Milliseconds())/float64(max(1, len(s.ev.reloads))))
 	w("| tunnels ended by a reload | %d HTTP/2-3 (1001), %d by reload_close_after (1001) |", ty.reloadEnded, ty.rcaEnded)

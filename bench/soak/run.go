@@ -59,7 +59,17 @@ func (s *soak) open(ctx context.Context, t *tunnel) (stream, *bufio.Reader, func
 		st, br, err := dialH1(ctx, s.httpsAddr, s.authority, path, s.tlsConf("http/1.1"), sending)
 		return st, br, func() {}, err
 	}
-	st, release, err := s.pools[t.transport].open(ctx, path, sending)
+	pools := s.pools
+	if t.kind == kindStopRead || t.kind == kindFreeze {
+		// A stream that is not read holds its share of the connection's
+		// flow-control window: on HTTP/3, quic-go's client allows 15 MB a
+		// connection and 6 MB a stream, so three such tunnels stall every
+		// other tunnel and handshake on their connection until
+		// write_timeout ends them (docs/soak.md). They get connections of
+		// their own, so that the other tunnels measure Caddy, not that.
+		pools = s.quietPools
+	}
+	st, release, err := pools[t.transport].open(ctx, path, sending)
 	return st, nil, release, err
 }
 

@@ -58,13 +58,14 @@ type tally struct {
 	hsSteadyAll         []handshake // for the per-transport table
 	hsReloadAll         []handshake
 	refusals503, ret503 int
+	cutByReload         map[string]int // handshakes that failed, without a status, during a reload
 }
 
 // judge checks every tunnel's record against the rules (docs/soak.md,
 // "What it checks") once every client, upstream connection and Caddy
 // itself have ended.
 func (s *soak) judge() *tally {
-	ty := &tally{worstLateness: -time.Hour}
+	ty := &tally{worstLateness: -time.Hour, cutByReload: map[string]int{}}
 	for _, t := range s.reg.list() {
 		s.judgeTunnel(t, ty)
 	}
@@ -268,10 +269,14 @@ func (s *soak) judgeRefusal(t *tunnel, name string, ty *tally) {
 		ty.refusedOK++
 	case t.status == 502 && t.route == "/restart" && within(s.ev.restarts, 0, c.slack):
 		ty.refusedOK++
-	case t.status == 0 && (t.transport == trH2 || t.transport == trH3) && within(s.ev.reloads, c.slack, c.slack):
+	case t.status == 0 && within(s.ev.reloads, c.slack, c.slack):
+		// The server shutting down under a handshake: an HTTP/2-3 stream
+		// refused, or an HTTP/1.1 connection closed before its request
+		// was read (Caddy's shutdown of the old server).
 		ty.refusedOK++
+		ty.cutByReload[t.transport]++
 	default:
-		s.v.add("handshake", "%s: refused (HTTP %d%s) after %v", name, t.status, t.openErr, t.connect.Round(time.Millisecond))
+		s.v.add("handshake", "%s: refused (HTTP %d%s) after %v %s", name, t.status, t.openErr, t.connect.Round(time.Millisecond), s.nearestReload(t.start))
 	}
 }
 
