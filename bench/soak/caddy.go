@@ -175,6 +175,11 @@ func (a *admin) do(method, path, ctype string, body []byte) ([]byte, error) {
 		req.Header.Set("Content-Type", ctype)
 	}
 	resp, err := a.c.Do(req)
+	if err != nil && method == http.MethodGet {
+		// A reload may close the keep-alive connection under a request:
+		// a read is asked again, once.
+		resp, err = a.c.Do(req)
+	}
 	if err != nil {
 		return nil, err
 	}

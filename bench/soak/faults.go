@@ -110,6 +110,12 @@ func (s *soak) reload(tag string) {
 	}
 	sp.end = time.Now()
 	s.ev.add(&s.ev.reloads, sp)
+	for _, p := range s.pools {
+		p.retireAll()
+	}
+	for _, p := range s.quietPools {
+		p.retireAll()
+	}
 	s.curTag.Store(tag)
 }
 

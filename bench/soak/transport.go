@@ -115,6 +115,19 @@ func (p *muxPool) release(c *muxConn, failed bool) {
 	}
 }
 
+// retireAll retires every connection after a reload: the server that
+// holds them is shutting down (GOAWAY) and waits, up to grace_period, for
+// its clients to close them once their requests are done. Each is closed
+// when its last tunnel ends, as a client honouring GOAWAY does
+// (docs/soak.md, Findings).
+func (p *muxPool) retireAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.retireLocked(c)
+	}
+}
+
 func (p *muxPool) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()

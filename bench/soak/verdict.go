@@ -181,7 +181,7 @@ func (s *soak) externalEnd(t *tunnel, ty *tally) bool {
 	}
 	if lg.code == 1001 && lg.by == "server" && h1 {
 		for _, r := range s.ev.reloads {
-			if t.route == "/rca" && t.upTag == "A" && t.start.Before(r.start) &&
+			if t.route == "/rca" && t.upTag == "A" && t.start.Before(r.end) &&
 				!lg.ts.Before(r.start.Add(c.reloadClose-100*time.Millisecond)) &&
 				lg.ts.Before(r.end.Add(c.reloadClose+c.writeTimeout+c.closeGrace+c.slack)) {
 				ty.rcaEnded++
