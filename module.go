@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -255,6 +256,7 @@ type Handler struct {
 	events      *caddyevents.App // nil without an events app
 	upgrader    websocket.Upgrader
 	relay       *relay.Config // how this handler's tunnels relay; built once, read by them
+	streamsDown *atomic.Bool  // set when the server carrying this handler's HTTP/2-3 tunnels begins to shut down
 	upstreamTLS *tls.Config
 	origins     *originPolicy   // origins and allowed_hosts; never nil once provisioned
 	auth        *authenticator  // nil without an auth block
