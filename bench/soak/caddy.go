@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -39,6 +40,8 @@ func startCaddy(bin, dir, config string, logs *logReader) (*caddyProc, error) {
 	// the work directory.
 	cmd.Env = append(os.Environ(), "GODEBUG=http2xconnect=1",
 		"XDG_DATA_HOME="+dir+"/xdg", "XDG_CONFIG_HOME="+dir+"/xdg")
+	// Caddy goes with the soak, whatever ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

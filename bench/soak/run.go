@@ -168,8 +168,14 @@ func (r *tunnelRun) writer() {
 	pace := time.NewTimer(r.nextGap())
 	defer pace.Stop()
 	stop := s.stop
+	var giveUp <-chan time.Time // the run is over and the fault has had its time
 	for {
 		select {
+		case <-giveUp:
+			// A fault that struck without ending the tunnel (the verdict
+			// says so): end it now, so that the run ends.
+			r.closeNormally()
+			return
 		case <-r.gotClose:
 			r.answerClose()
 			return
@@ -185,6 +191,7 @@ func (r *tunnelRun) writer() {
 				return
 			}
 			stop = nil
+			giveUp = time.After(info.bound(&s.cfg) + 2*s.cfg.closeGrace + 2*s.cfg.slack)
 		case <-life.C:
 			if r.plannedEnd() {
 				return
