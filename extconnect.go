@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -214,7 +215,12 @@ func (h *Handler) provisionStreams(ctx caddy.Context) {
 	if !ok || srv == nil {
 		return
 	}
+	h.streamsDown = new(atomic.Bool)
 	srv.RegisterOnShutdown(func() {
+		// Set before the tunnels are listed: a handshake admitted meanwhile
+		// registers its tunnel after this list is taken, and sees the flag
+		// (tunnel.run).
+		h.streamsDown.Store(true)
 		closeTunnelsOn(h, func(t *tunnel) bool { return t.transport != transportHTTP1 },
 			wsframe.CloseGoingAway, "server shutting down")
 	})

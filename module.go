@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -258,6 +259,7 @@ type Handler struct {
 	logger      *zap.Logger
 	events      *caddyevents.App // nil without an events app
 	relay       *relay.Config    // how this handler's tunnels relay; built once, read by them
+	streamsDown *atomic.Bool     // set when the server carrying this handler's HTTP/2-3 tunnels begins to shut down
 	upstreamTLS *tls.Config
 	origins     *originPolicy   // origins and allowed_hosts; never nil once provisioned
 	auth        *authenticator  // nil without an auth block

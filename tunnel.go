@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/relay"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
 // tunnel is one relayed client as the rest of the module sees it: the
@@ -52,6 +53,13 @@ func (t *tunnel) start(client relay.Conn, up net.Conn) {
 func (t *tunnel) run(client relay.Conn, up net.Conn) {
 	t.Tunnel = relay.New(t.h.relay, client, up, t.subprotocol == "base64")
 	register(t)
+	if t.h.streamsDown != nil && t.h.streamsDown.Load() {
+		// Its server began to shut down while the handshake was admitted:
+		// the shutdown hook has listed the tunnels without this one, which
+		// would otherwise live until grace_period cut it without a Close
+		// (README, HTTP/2 and HTTP/3: such tunnels end with 1001).
+		t.Tunnel.Terminate(wsframe.CloseGoingAway, "server shutting down")
+	}
 	t.Tunnel.Run(t.ended)
 }
 

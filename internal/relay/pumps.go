@@ -193,6 +193,15 @@ func (t *Tunnel) upstreamToClient() error {
 		}
 	}()
 	for {
+		if t.halfOpen.Load() == halfOpening {
+			// The answer to a half-close may pause up to the grace
+			// between reads, counted from when the relay is ready to read
+			// again: time spent writing to a slow client is not the
+			// upstream's pause. The reaper still bounds the answer as a
+			// whole, so that an upstream that streams on and never closes
+			// cannot keep a closing tunnel open.
+			t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		}
 		var n int
 		var err error
 		bp, n, err = t.upRd.read(bp, headroom, readEnd, true)
@@ -201,13 +210,6 @@ func (t *Tunnel) upstreamToClient() error {
 		}
 		if n > 0 && trackData {
 			t.lastData.Store(t.since())
-		}
-		if n > 0 && t.halfOpen.Load() == halfOpening {
-			// The answer to a half-close may pause up to the grace
-			// between reads; the reaper still bounds it as a whole, so
-			// that an upstream that streams on and never closes cannot
-			// keep a closing tunnel open.
-			t.upRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
 		}
 		if n > 0 && t.writeLim != nil && !t.draining && !t.writeLim.wait(n, t.done) && t.halfOpen.Load() != halfOpening {
 			t.draining = true // the tunnel is ending
