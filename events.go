@@ -60,39 +60,28 @@ func (h *Handler) emit(name string, data func() map[string]any) {
 }
 
 func (h *Handler) emitConnect(t *tunnel) {
-	h.emit(eventConnect, func() map[string]any {
-		return map[string]any{
-			"conn_id":     t.id,
-			"remote_ip":   t.remote,
-			"user":        t.user,
-			"upstream":    t.upstream,
-			"subprotocol": t.subprotocol,
-			"channel":     t.channel,
-			"transport":   t.transport,
-		}
-	})
+	h.emit(eventConnect, func() map[string]any { return tunnelEventData(t, 7) })
 }
 
 func (h *Handler) emitDisconnect(t *tunnel, d time.Duration) {
 	h.emit(eventDisconnect, func() map[string]any {
 		s := t.Stats()
-		return map[string]any{
-			"conn_id":      t.id,
-			"remote_ip":    t.remote,
-			"user":         t.user,
-			"upstream":     t.upstream,
-			"subprotocol":  t.subprotocol,
-			"channel":      t.channel,
-			"duration":     d.Seconds(),
-			"transport":    t.transport,
-			"bytes_in":     s.BytesIn,
-			"bytes_out":    s.BytesOut,
-			"messages_in":  s.MessagesIn,
-			"messages_out": s.MessagesOut,
-			"close_code":   t.end.Code,
-			"closed_by":    t.end.By,
-		}
+		m := tunnelEventData(t, 14)
+		m["duration"] = d.Seconds()
+		m["bytes_in"], m["bytes_out"] = s.BytesIn, s.BytesOut
+		m["messages_in"], m["messages_out"] = s.MessagesIn, s.MessagesOut
+		m["close_code"], m["closed_by"] = t.end.Code, t.end.By
+		return m
 	})
+}
+
+// tunnelEventData is what every event of a tunnel says of it, in a map
+// with room for size entries.
+func tunnelEventData(t *tunnel, size int) map[string]any {
+	m := make(map[string]any, size)
+	m["conn_id"], m["remote_ip"], m["user"] = t.id, t.remote, t.user
+	m["upstream"], m["subprotocol"], m["channel"], m["transport"] = t.upstream, t.subprotocol, t.channel, t.transport
+	return m
 }
 
 // emitRejected announces a handshake refused before the upgrade.
