@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
@@ -412,3 +413,66 @@ func TestHalfCloseRace(t *testing.T) {
 		client.Close()
 	}
 }
+
+// After the local program's EOF the client sends Close 1000 and the
+// server (half_close) answers with the rest of its upstream's output
+// before its Close. That answer may pause up to the grace between reads,
+// as on the server's side; the reaper bounds it as a whole. Before, the
+// client gave the whole answer one grace from its Close and cut the rest
+// (seen as a lost tail in TestTCPToWSListen on a loaded machine).
+func TestClientModeAnswerAfterLocalEOFMayPause(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		server, serverSide := net.Pipe()
+		in, inSide := net.Pipe()   // the local program's output, read by the tunnel
+		outSide, out := net.Pipe() // the tunnel's writes to the local program
+		local := &splitConn{r: inSide, w: outSide}
+		_, ended := started(clientConfig(func(c *Config) { c.HalfClose = true }), serverSide, local, false) // grace 2s
+
+		go func() {
+			in.Write([]byte("request"))
+			in.Close() // the program's EOF
+		}()
+		r := &maskedReader{c: server}
+		if op, p := r.next(t); op != wsframe.OpBinary || string(p) != "request" {
+			t.Fatalf("op %d %q, want the request", op, p)
+		}
+		if op, p := r.next(t); op != wsframe.OpClose || closeCode(p) != wsframe.CloseNormal {
+			t.Fatalf("op %d %q, want Close 1000", op, p)
+		}
+		// The answer comes in three pieces 1.5 s apart: 3 s in all, each
+		// pause within the grace.
+		go func() {
+			for i, piece := range []string{"a", "b", "c"} {
+				if i > 0 {
+					time.Sleep(1500 * time.Millisecond) // virtual time: the test runs in a synctest bubble
+				}
+				server.Write(serverFrame(0x80|wsframe.OpBinary, []byte(piece)))
+			}
+			server.Write(serverFrame(0x80|wsframe.OpClose, []byte{0x03, 0xe8}))
+		}()
+		got, _ := io.ReadAll(out)
+		server.Close()
+		if string(got) != "abc" {
+			t.Fatalf("the local program got %q, want the whole answer %q", got, "abc")
+		}
+		if e := <-ended; e.Code != wsframe.CloseNormal {
+			t.Fatalf("ended %+v, want 1000", e)
+		}
+	})
+}
+
+// splitConn is a local connection whose two directions are separate pipes,
+// so that its input can end (EOF) while its output stays open, as a TCP
+// half-close does.
+type splitConn struct{ r, w net.Conn }
+
+func (c *splitConn) Read(p []byte) (int, error)         { return c.r.Read(p) }
+func (c *splitConn) Write(p []byte) (int, error)        { return c.w.Write(p) }
+func (c *splitConn) CloseWrite() error                  { return c.w.Close() }
+func (c *splitConn) Close() error                       { c.w.Close(); return c.r.Close() }
+func (c *splitConn) LocalAddr() net.Addr                { return c.r.LocalAddr() }
+func (c *splitConn) RemoteAddr() net.Addr               { return c.r.RemoteAddr() }
+func (c *splitConn) SetDeadline(t time.Time) error      { c.w.SetDeadline(t); return c.r.SetDeadline(t) }
+func (c *splitConn) SetReadDeadline(t time.Time) error  { return c.r.SetReadDeadline(t) }
+func (c *splitConn) SetWriteDeadline(t time.Time) error { return c.w.SetWriteDeadline(t) }

@@ -104,6 +104,11 @@ func (t *Tunnel) clientToUpstream() error {
 			w = 0
 		}
 		r = 0
+		if t.answering.Load() {
+			// Counted from here, not from the last read: writing the
+			// answer to a slow local program is not the server's pause.
+			t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+		}
 		var n int
 		var err error
 		bp, n, err = t.clientRd.read(bp, w, readEnd, !pending)

@@ -104,6 +104,10 @@ type Tunnel struct {
 	peerCode int        // client pump: the code of the client's Close (errClientClose)
 	ending   atomic.Bool
 	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
+	// Client mode: the local side ended and our Close 1000 is sent; the
+	// server's answer (the rest of its upstream's output) may pause up to
+	// CloseGrace between reads, the reaper bounding it as a whole.
+	answering atomic.Bool
 	end      End           // set once, by the first decide
 	done     chan struct{} // closed by the first decide
 	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
@@ -373,6 +377,9 @@ func (t *Tunnel) upstreamEnded(err error) {
 	// grace period to receive the client's Close (or the last client data).
 	t.sendClose(code, reason)
 	t.clientRd.setReadDeadline(time.Now().Add(t.cfg.CloseGrace))
+	if t.cfg.Client && code == wsframe.CloseNormal {
+		t.answering.Store(true)
+	}
 }
 
 // Terminate ends the tunnel from the server's side (reload, stop, admin)
