@@ -15,7 +15,6 @@ import (
 	"io"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,6 +23,8 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http2"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/bench/internal/wsstream"
 )
 
 // WebSockets over TLS on the three transports (README, HTTP/2 and HTTP/3):
@@ -124,17 +125,8 @@ func (p *muxPool) closeAll() {
 type h2Conn struct{ cc *http2.ClientConn }
 
 func (p *muxPool) dialH2(ctx context.Context) (muxConn, error) {
-	conn, err := (&tls.Dialer{Config: benchTLS(p.serverName, "h2")}).DialContext(ctx, "tcp", p.addr)
+	cc, err := wsstream.DialH2(ctx, p.h2t, p.addr, benchTLS(p.serverName))
 	if err != nil {
-		return nil, err
-	}
-	if proto := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; proto != "h2" {
-		conn.Close()
-		return nil, fmt.Errorf("ALPN %q, want h2", proto)
-	}
-	cc, err := p.h2t.NewClientConn(conn)
-	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	return &h2Conn{cc: cc}, nil
@@ -142,38 +134,33 @@ func (p *muxPool) dialH2(ctx context.Context) (muxConn, error) {
 
 func (c *h2Conn) close() { c.cc.Close() }
 
-// open sends CONNECT with :protocol websocket (x/net/http2 waits for the
-// server's SETTINGS to allow it) and returns the stream once answered 200.
-// The request body is a pipe: what the client writes goes out as DATA.
+// open opens a WebSocket stream (wsstream.OpenH2) and returns it once
+// answered 200. The request body is a pipe: what the client writes goes
+// out as DATA.
 func (c *h2Conn) open(_ context.Context, t target) (net.Conn, error) {
-	pr, pw := io.Pipe()
-	req, err := http.NewRequest(http.MethodConnect, "https://"+t.authority+t.path, pr)
+	pw, body, err := wsstream.OpenH2(c.cc, t.authority, t.path)
 	if err != nil {
-		return nil, err
+		return nil, loadHandshakeError(err, 2)
 	}
-	req.Host = t.authority
-	req.Header.Set(":protocol", "websocket")
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	resp, err := c.cc.RoundTrip(req)
-	if err != nil {
-		pw.Close()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		pw.Close()
-		resp.Body.Close()
-		return nil, fmt.Errorf("bad handshake (HTTP/2 status %d)", resp.StatusCode)
-	}
-	s := &streamConn{r: resp.Body, w: pw}
+	s := &streamConn{r: body, w: pw}
 	s.closeFn = func() error {
 		pw.Close()
-		return resp.Body.Close()
+		return body.Close()
 	}
 	s.expire = func() { // a deadline passed: the stream cannot go on
 		pw.CloseWithError(os.ErrDeadlineExceeded)
-		resp.Body.Close()
+		body.Close()
 	}
 	return s, nil
+}
+
+// loadHandshakeError words a refused handshake as the load reports it.
+func loadHandshakeError(err error, version int) error {
+	var re *wsstream.RefusedError
+	if errors.As(err, &re) {
+		return fmt.Errorf("bad handshake (HTTP/%d status %d)", version, re.Status)
+	}
+	return err
 }
 
 // ---- HTTP/3 ---------------------------------------------------------------
@@ -184,60 +171,22 @@ type h3Conn struct {
 }
 
 func (p *muxPool) dialH3(ctx context.Context) (muxConn, error) {
-	qc, err := quic.DialAddr(ctx, p.addr, benchTLS(p.serverName, http3.NextProtoH3),
-		&quic.Config{MaxIdleTimeout: 5 * time.Minute, KeepAlivePeriod: 10 * time.Second})
+	qc, cc, err := wsstream.DialH3(ctx, p.h3t, p.addr, benchTLS(p.serverName),
+		&quic.Config{MaxIdleTimeout: 5 * time.Minute, KeepAlivePeriod: 10 * time.Second}, 30*time.Second)
 	if err != nil {
 		return nil, err
-	}
-	cc := p.h3t.NewClientConn(qc)
-	select {
-	case <-cc.ReceivedSettings():
-	case <-ctx.Done():
-		qc.CloseWithError(0, "")
-		return nil, errors.New("no SETTINGS from the server")
-	case <-time.After(30 * time.Second):
-		qc.CloseWithError(0, "")
-		return nil, errors.New("no SETTINGS from the server")
-	}
-	if !cc.Settings().EnableExtendedConnect {
-		qc.CloseWithError(0, "")
-		return nil, errors.New("the server does not advertise extended CONNECT")
 	}
 	return &h3Conn{qc: qc, cc: cc}, nil
 }
 
 func (c *h3Conn) close() { c.qc.CloseWithError(0, "") }
 
-// open sends CONNECT with :protocol websocket (quic-go takes it from
-// req.Proto) on a new request stream. OpenRequestStream waits while the
-// server's stream limit is reached.
+// open opens a WebSocket stream on a new request stream (wsstream.OpenH3,
+// which waits while the server's stream limit is reached).
 func (c *h3Conn) open(ctx context.Context, t target) (net.Conn, error) {
-	rs, err := c.cc.OpenRequestStream(ctx)
+	rs, err := wsstream.OpenH3(ctx, c.cc, t.authority, t.path)
 	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequest(http.MethodConnect, "https://"+t.authority+t.path, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Proto = "websocket"
-	req.Host = t.authority
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	if err := rs.SendRequestHeader(req); err != nil {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, err
-	}
-	resp, err := rs.ReadResponse()
-	if err != nil {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, fmt.Errorf("bad handshake (HTTP/3 status %d)", resp.StatusCode)
+		return nil, loadHandshakeError(err, 3)
 	}
 	return &streamConn{r: rs, w: rs, closeFn: func() error {
 		rs.CancelRead(0)

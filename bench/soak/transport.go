@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http2"
+
+	"github.com/wstotcp/caddy-ws-to-tcp/bench/internal/wsstream"
 )
 
 // WebSockets over HTTP/2 (RFC 8441, golang.org/x/net/http2's ClientConn)
@@ -139,39 +140,16 @@ func (p *muxPool) closeAll() {
 
 func (p *muxPool) dial(ctx context.Context) (*muxConn, error) {
 	if p.proto == trH2 {
-		conf := p.tls.Clone()
-		conf.NextProtos = []string{"h2"}
-		nc, err := (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", p.addr)
+		cc, err := wsstream.DialH2(ctx, p.h2t, p.addr, p.tls)
 		if err != nil {
-			return nil, err
-		}
-		if proto := nc.(*tls.Conn).ConnectionState().NegotiatedProtocol; proto != "h2" {
-			nc.Close()
-			return nil, fmt.Errorf("ALPN %q, want h2", proto)
-		}
-		cc, err := p.h2t.NewClientConn(nc)
-		if err != nil {
-			nc.Close()
 			return nil, err
 		}
 		return &muxConn{h2: cc}, nil
 	}
-	conf := p.tls.Clone()
-	conf.NextProtos = []string{http3.NextProtoH3}
-	qc, err := quic.DialAddr(ctx, p.addr, conf, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: 10 * time.Second})
+	qc, cc, err := wsstream.DialH3(ctx, p.h3t, p.addr, p.tls,
+		&quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: 10 * time.Second}, 0)
 	if err != nil {
 		return nil, err
-	}
-	cc := p.h3t.NewClientConn(qc)
-	select {
-	case <-cc.ReceivedSettings():
-	case <-ctx.Done():
-		qc.CloseWithError(0, "")
-		return nil, errors.New("no SETTINGS from the server")
-	}
-	if !cc.Settings().EnableExtendedConnect {
-		qc.CloseWithError(0, "")
-		return nil, errors.New("the server does not advertise extended CONNECT")
 	}
 	return &muxConn{qc: qc, h3: cc}, nil
 }
@@ -222,25 +200,21 @@ func (s *h2Stream) abort() { s.body.Close(); s.pw.CloseWithError(errAborted) }
 var errAborted = errors.New("aborted by the soak")
 
 func openH2(cc *http2.ClientConn, authority, path string) (stream, error) {
-	pr, pw := io.Pipe()
-	req, err := http.NewRequest(http.MethodConnect, "https://"+authority+path, pr)
+	pw, body, err := wsstream.OpenH2(cc, authority, path)
 	if err != nil {
-		return nil, err
+		return nil, soakHandshakeError(err)
 	}
-	req.Host = authority
-	req.Header.Set(":protocol", "websocket")
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	resp, err := cc.RoundTrip(req)
-	if err != nil {
-		pw.Close()
-		return nil, err
+	return &h2Stream{pw: pw, body: body}, nil
+}
+
+// soakHandshakeError turns a refused handshake into a *handshakeError,
+// with the status and Retry-After.
+func soakHandshakeError(err error) error {
+	var re *wsstream.RefusedError
+	if errors.As(err, &re) {
+		return &handshakeError{re.Status, re.Header.Get("Retry-After")}
 	}
-	if resp.StatusCode != http.StatusOK {
-		pw.Close()
-		resp.Body.Close()
-		return nil, &handshakeError{resp.StatusCode, resp.Header.Get("Retry-After")}
-	}
-	return &h2Stream{pw: pw, body: resp.Body}, nil
+	return err
 }
 
 type h3Stream struct{ rs *http3.RequestStream }
@@ -251,32 +225,9 @@ func (s h3Stream) finish()                     { s.rs.Close(); s.rs.CancelRead(0
 func (s h3Stream) abort()                      { s.rs.CancelWrite(0); s.rs.CancelRead(0) }
 
 func openH3(ctx context.Context, cc *http3.ClientConn, authority, path string) (stream, error) {
-	rs, err := cc.OpenRequestStream(ctx)
+	rs, err := wsstream.OpenH3(ctx, cc, authority, path)
 	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequest(http.MethodConnect, "https://"+authority+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Proto = "websocket"
-	req.Host = authority
-	req.Header.Set("Sec-WebSocket-Version", "13")
-	if err := rs.SendRequestHeader(req); err != nil {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, err
-	}
-	resp, err := rs.ReadResponse()
-	if err != nil {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		rs.CancelRead(0)
-		rs.Close()
-		return nil, &handshakeError{resp.StatusCode, resp.Header.Get("Retry-After")}
+		return nil, soakHandshakeError(err)
 	}
 	return h3Stream{rs}, nil
 }
