@@ -103,17 +103,17 @@ type Tunnel struct {
 	endMu    sync.Mutex // makes the first decide the only one
 	peerCode int        // client pump: the code of the client's Close (errClientClose)
 	ending   atomic.Bool
-	halfOpen atomic.Int32  // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
+	halfOpen atomic.Int32 // HalfClose: halfOpening once the peer's Close 1000 is handled, halfDone once the upstream pump ended
 	// Client mode: the local side ended and our Close 1000 is sent; the
 	// server's answer (the rest of its upstream's output) may pause up to
 	// CloseGrace between reads, the reaper bounding it as a whole.
 	answering atomic.Bool
-	end      End           // set once, by the first decide
-	done     chan struct{} // closed by the first decide
-	reaper   *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
-	pumps    atomic.Int32  // pumps still running; the last one finishes
-	finished chan struct{} // Run only: closed when the tunnel has ended and onEnd returned
-	onEnd    func(End)
+	end       End           // set once, by the first decide
+	done      chan struct{} // closed by the first decide
+	reaper    *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
+	pumps     atomic.Int32  // pumps still running; the last one finishes
+	finished  chan struct{} // Run only: closed when the tunnel has ended and onEnd returned
+	onEnd     func(End)
 
 	// Heartbeat, idle timeout and throttle (timers.go); nil or zero when off.
 	hbTimer, idleTimer *time.Timer
