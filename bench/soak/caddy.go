@@ -164,14 +164,21 @@ type admin struct {
 	base string
 	c    *http.Client
 
-	// A /load replaces Caddy's admin server, and requests in flight on
-	// the old one are cut (EOF, reset) by Caddy, not by the module: the
-	// soak's other admin calls and its loads take turns.
+	// A /load replaces Caddy's admin server, which shuts the old one
+	// down meanwhile: the soak's other admin calls and its loads take
+	// turns.
 	loading sync.RWMutex
 }
 
 func newAdmin(addr string) *admin {
-	return &admin{base: "http://" + addr, c: &http.Client{Timeout: 20 * time.Second}}
+	// No keep-alive: the admin server a /load replaces closes its idle
+	// connections while it shuts down, and a request sent on one of them
+	// just then is lost (EOF) — a race of HTTP keep-alive, not the
+	// module's. A fresh connection per call reaches the current server.
+	return &admin{base: "http://" + addr, c: &http.Client{
+		Timeout:   20 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true},
+	}}
 }
 
 func (a *admin) do(method, path, ctype string, body []byte) ([]byte, error) {
