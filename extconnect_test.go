@@ -39,21 +39,20 @@ type tlsSite struct {
 	expand    *strings.Replacer
 }
 
-// load reloads the configuration, {HTTPS} and {TLS} expanded.
+// load reloads the configuration, {TLS} expanded ({HTTPS} is the
+// harness's).
 func (s *tlsSite) load(sites string) { s.testServer.load(s.expand.Replace(sites)) }
 
 func startTLSSite(t *testing.T, sites string) *tlsSite {
 	t.Helper()
-	port := freePort(t)
 	cert, key := writeServerCert(t, t.TempDir())
-	site := &tlsSite{httpsPort: port, addr: fmt.Sprintf("127.0.0.1:%d", port), expand: strings.NewReplacer(
-		"{HTTPS}", fmt.Sprintf("https://localhost:%d", port),
-		"{TLS}", fmt.Sprintf("tls %s %s", cert, key),
-	)}
+	site := &tlsSite{expand: strings.NewReplacer("{TLS}", fmt.Sprintf("tls %s %s", cert, key))}
 	// A grace period long enough to write the Close frames of HTTP/3
 	// tunnels before quic-go closes their connections (see the README).
-	site.testServer = startCaddyWith(t, caddyOptions{globals: fmt.Sprintf("https_port %d\n\tgrace_period 10s", port)},
+	site.testServer = startCaddyWith(t, caddyOptions{globals: "https_port {HTTPS_PORT}\n\tgrace_period 10s"},
 		site.expand.Replace(sites))
+	site.httpsPort = site.testServer.httpsPort
+	site.addr = fmt.Sprintf("127.0.0.1:%d", site.httpsPort)
 	// The listeners are up when Load returns; this checks the handshake.
 	eventually(t, "the site's certificate", func() bool {
 		c, err := tls.Dial("tcp", site.addr, testTLS("h2"))

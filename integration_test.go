@@ -233,6 +233,7 @@ type testServer struct {
 	wsEndpoint
 	httpPort  int
 	adminPort int
+	httpsPort int // for {HTTPS} and {HTTPS_PORT}; chosen with the others, so that a retry changes it too
 	logs      *logSink // every log line of this Caddy, in memory
 	opts      caddyOptions
 }
@@ -269,8 +270,8 @@ func startCaddyWith(t testing.TB, opts caddyOptions, sites string) *testServer {
 			t.Logf("Caddy's log (tail):\n%s", s.logs.tail("", 16<<10))
 		}
 	})
-	withFreePorts(t, 2, func(ports []int) error {
-		s.httpPort, s.adminPort = ports[0], ports[1]
+	withFreePorts(t, 3, func(ports []int) error {
+		s.httpPort, s.adminPort, s.httpsPort = ports[0], ports[1], ports[2]
 		s.host = fmt.Sprintf("127.0.0.1:%d", s.httpPort)
 		if err := s.tryLoad(sites); err != nil {
 			return fmt.Errorf("loading config: %w", err)
@@ -321,10 +322,13 @@ func (s *testServer) tryLoad(sites string) error {
 	}
 %s
 }
-`, s.adminPort, s.httpPort, gracePeriod, level, format, s.opts.globals) + strings.NewReplacer(
+`, s.adminPort, s.httpPort, gracePeriod, level, format, s.opts.globals) + sites
+	cfg = strings.NewReplacer(
 		"{HTTP}", "http://"+s.host,
+		"{HTTPS}", fmt.Sprintf("https://localhost:%d", s.httpsPort),
+		"{HTTPS_PORT}", fmt.Sprint(s.httpsPort),
 		"{ADMIN}", fmt.Sprintf("127.0.0.1:%d", s.adminPort),
-	).Replace(sites)
+	).Replace(cfg)
 	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return err
