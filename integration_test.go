@@ -233,7 +233,7 @@ type testServer struct {
 	wsEndpoint
 	httpPort  int
 	adminPort int
-	httpsPort int // for {HTTPS} and {HTTPS_PORT}; chosen with the others, so that a retry changes it too
+	httpsPort int      // for {HTTPS} and {HTTPS_PORT}; chosen with the others, so that a retry changes it too
 	logs      *logSink // every log line of this Caddy, in memory
 	opts      caddyOptions
 }
