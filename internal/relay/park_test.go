@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +29,10 @@ func parkedTunnel(t *testing.T, edit func(*Config)) (*Tunnel, <-chan End, net.Co
 	client, clientSide := tcpPair(t)
 	upSide, upstream := tcpPair(t)
 	client.SetReadDeadline(time.Now().Add(ioTimeout))
-	tun, ended := started(testConfig(edit), clientSide, upSide, false)
+	ended := make(chan End, 1)
+	tun := New(testConfig(edit), clientSide, upSide, false)
+	tun.parkEvent = func(client bool, event string) { parkEvents.hear(tun, client, event) }
+	tun.Start(func(e End) { ended <- e })
 	roundTripParked(t, tun, client, upstream, "hello")
 	return tun, ended, client, upstream
 }
@@ -59,16 +63,74 @@ func readRaw(t *testing.T, c net.Conn, n int) []byte {
 	return b
 }
 
+// parkEvents hears the parking tunnels' events (Tunnel.parkEvent): each
+// one wakes the tests that wait on pump states.
+var parkEvents = &parkHub{}
+
+type parkHub struct {
+	mu      sync.Mutex
+	changed chan struct{}  // closed and replaced at each event
+	quiet   map[pumpOf]int // park deadlines passed, by pump
+}
+
+// pumpOf names one pump of a tunnel.
+type pumpOf struct {
+	t      *Tunnel
+	client bool
+}
+
+func (h *parkHub) hear(t *Tunnel, client bool, event string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if event == "quiet" {
+		if h.quiet == nil {
+			h.quiet = map[pumpOf]int{}
+		}
+		h.quiet[pumpOf{t, client}]++
+	}
+	if h.changed != nil {
+		close(h.changed)
+	}
+	h.changed = make(chan struct{})
+}
+
+// waitFor waits, up to ioTimeout, until cond holds, looking again at each
+// parking event.
+func (h *parkHub) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.After(ioTimeout)
+	for {
+		h.mu.Lock()
+		if h.changed == nil {
+			h.changed = make(chan struct{})
+		}
+		changed := h.changed
+		h.mu.Unlock()
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// quietCount is how many times the park deadline of tun's client pump (or
+// upstream pump) passed.
+func (h *parkHub) quietCount(tun *Tunnel, client bool) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.quiet[pumpOf{tun, client}]
+}
+
 // waitParked waits until both pumps of tun are parked.
 func waitParked(t *testing.T, tun *Tunnel) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for tun.clientRd.state.Load() != pumpParked || tun.upRd.state.Load() != pumpParked {
-		if time.Now().After(deadline) {
-			t.Fatalf("the pumps did not park: client %d, upstream %d", tun.clientRd.state.Load(), tun.upRd.state.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	parkEvents.waitFor(t, "both pumps to park", func() bool {
+		return tun.clientRd.state.Load() == pumpParked && tun.upRd.state.Load() == pumpParked
+	})
 }
 
 func TestQuietTunnelParksAndResumes(t *testing.T) {
@@ -209,10 +271,14 @@ func TestFrameSplitByPausesLongerThanParkAfter(t *testing.T) {
 	tun, ended, client, upstream := parkedTunnel(t, nil)
 	msg := bytes.Repeat([]byte("0123456789"), 100)
 	frame := maskedFrame(0x80|wsframe.OpBinary, msg) // an 8-byte header
+	quiet := parkEvents.quietCount(tun, true)
 	client.Write(frame[:5])
-	// The pause under test, not a wait for an event: nothing shows from
-	// outside while the pump holds a partial header.
-	time.Sleep(3 * parkAfter)
+	// The client pump's park deadline passes while it holds the partial
+	// header: it must stay, not park.
+	parkEvents.waitFor(t, "a client pump's park deadline", func() bool { return parkEvents.quietCount(tun, true) > quiet })
+	if st := tun.clientRd.state.Load(); st == pumpParked {
+		t.Fatal("the client pump parked holding a partial frame header")
+	}
 	client.Write(frame[5:500])
 	if got := readRaw(t, upstream, 500-8); !bytes.Equal(got, msg[:500-8]) {
 		t.Fatal("the frame's first part was not relayed")

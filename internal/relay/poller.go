@@ -82,6 +82,9 @@ func (s *socketReader) park() bool {
 		return false
 	}
 	s.state.Store(pumpParked)
+	if s.t.parkEvent != nil {
+		s.t.parkEvent(s.client, "parked") // reads nothing of the pump's state
+	}
 	s.poll.parked(1)
 	if err := s.poll.arm(s, op); err != nil {
 		if s.state.CompareAndSwap(pumpParked, pumpRunning) {

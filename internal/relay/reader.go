@@ -116,6 +116,9 @@ again:
 	err := s.rc.Read(s.readFn)
 	if err != nil && !s.parkSet.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) {
 		// The park deadline passed.
+		if s.t.parkEvent != nil {
+			s.t.parkEvent(s.client, "quiet")
+		}
 		if lend && !s.noPark && !s.t.ending.Load() {
 			if s.bp != nil && s.lent {
 				s.pool.Put(s.bp)

@@ -108,6 +108,10 @@ type Tunnel struct {
 	// server's answer (the rest of its upstream's output) may pause up to
 	// CloseGrace between reads, the reaper bounding it as a whole.
 	answering atomic.Bool
+
+	// parkEvent, when set (tests, before Start), hears a pump's park
+	// deadline pass ("quiet") and its parking ("parked"), off the hot path.
+	parkEvent func(client bool, event string)
 	end       End           // set once, by the first decide
 	done      chan struct{} // closed by the first decide
 	reaper    *time.Timer   // set by the first decide: closes both sides if the closing handshake stalls
