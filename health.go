@@ -415,6 +415,11 @@ func (h *Handler) recordCheck(s *upstreamState, err error) {
 	})
 }
 
+// healthLoops counts the health loops running in the process. The tests
+// read it: a loop's goroutine outlives the close of its healthDone by a
+// moment, so counting goroutines cannot tell whether Cleanup waited.
+var healthLoops atomic.Int32
+
 // healthLoop runs the active checks of a handler until its context is
 // done or releaseUpstreams stops it. Every interval it starts a check of
 // each upstream whose previous check has finished (a slow upstream, whose
@@ -422,7 +427,11 @@ func (h *Handler) recordCheck(s *upstreamState, err error) {
 // returns it waits for the checks under way, which the context cancels.
 func (h *Handler) healthLoop(ctx context.Context) {
 	b := h.lb
-	defer close(b.healthDone)
+	healthLoops.Add(1)
+	defer func() {
+		healthLoops.Add(-1)
+		close(b.healthDone)
+	}()
 	var checks sync.WaitGroup
 	defer checks.Wait()
 	defer h.recoverHealth()

@@ -2,6 +2,7 @@ package wsframe
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"fmt"
 	"math/rand"
 	"testing"
@@ -47,6 +48,40 @@ func aligned64(n int) []byte {
 
 const guard = 0x5a
 
+// guards is a run of guard bytes, as long as any buffer checkUnmask
+// guards: filling and checking with copy and bytes.Equal keeps the
+// exhaustive test quick under -race, which instruments every byte a Go
+// loop touches.
+var guards = bytes.Repeat([]byte{guard}, 1<<17+256)
+
+// keyStream is the key repeated from key phase pos, n bytes long: the
+// reference of checkUnmask is then one XOR of whole slices (crypto/subtle's,
+// not a path of this package).
+func keyStream(key [4]byte, pos, n int) []byte {
+	ks := make([]byte, n+4)
+	for i := range 4 {
+		ks[i] = key[(pos+i)&3]
+	}
+	for i := 4; i < len(ks); i *= 2 {
+		copy(ks[i:], ks[:i])
+	}
+	return ks[:n]
+}
+
+// unguarded returns the first byte of b[from:to] that is not a guard
+// byte, or -1.
+func unguarded(b []byte, from, to int) int {
+	if from >= to || bytes.Equal(b[from:to], guards[:to-from]) {
+		return -1
+	}
+	for i := from; i < to; i++ {
+		if b[i] != guard {
+			return i
+		}
+	}
+	panic("unreachable")
+}
+
 // checkUnmask runs fn on src placed at alignment align of a guarded
 // buffer, into dst at dstAlign (in place when dstAlign is -1, or shift
 // bytes before src when shift > 0), and compares the result, the returned
@@ -55,12 +90,11 @@ func checkUnmask(t testing.TB, impl unmaskImpl, data []byte, key [4]byte, pos, a
 	t.Helper()
 	n := len(data)
 	want := make([]byte, n)
-	wantPos := unmaskRef(want, data, key, pos)
+	subtle.XORBytes(want, data, keyStream(key, pos, n))
+	wantPos := (pos + n) & 3
 
 	buf := aligned64(64 + 64 + n + 64)
-	for i := range buf {
-		buf[i] = guard
-	}
+	copy(buf, guards)
 	s := 64 + align
 	copy(buf[s:], data)
 	var d int
@@ -82,9 +116,7 @@ func checkUnmask(t testing.TB, impl unmaskImpl, data []byte, key [4]byte, pos, a
 		}
 	} else {
 		other = aligned64(64 + 64 + n + 64)
-		for i := range other {
-			other[i] = guard
-		}
+		copy(other, guards)
 		d = 64 + dstAlign
 		out = other[d : d+n]
 		// room past len(src) in dst: only len(src) bytes may be written
@@ -104,18 +136,20 @@ func checkUnmask(t testing.TB, impl unmaskImpl, data []byte, key [4]byte, pos, a
 			}
 		}
 	}
-	outer := buf
+	// Every byte outside dst (and, in place or overlapping, outside what
+	// is left of src) keeps its guard: [0, lo) and [hi, len) around one
+	// written span, or the gap too when dst ends before src starts.
+	outer, lo, hi, gapFrom, gapTo := buf, d, d+n, 0, 0
 	if other != nil {
 		outer = other
+	} else {
+		lo, hi = min(d, s), max(d+n, s+n)
+		if d+n < s {
+			gapFrom, gapTo = d+n, s
+		}
 	}
-	for i := range outer {
-		if i >= d && i < d+n {
-			continue
-		}
-		if other == nil && i >= s && i < s+n {
-			continue // what is left of src after an overlapping unmask
-		}
-		if outer[i] != guard {
+	for _, r := range [][2]int{{0, lo}, {gapFrom, gapTo}, {hi, len(outer)}} {
+		if i := unguarded(outer, r[0], r[1]); i >= 0 {
 			t.Fatalf("%s n %d align %d dst %d shift %d pos %d: byte %d outside dst written",
 				impl.name, n, align, dstAlign, shift, pos, i-d)
 		}
