@@ -3,8 +3,6 @@ package wstotcp
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,48 +18,21 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/testbin"
 )
 
 // Tests in this file run the built binary (./cmd/caddy) as a subprocess,
 // the way users run it.
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-// buildCaddy builds ./cmd/caddy once per test binary run and returns the
-// binary's path. The binary goes to a temporary directory named after this
-// checkout, so repeated runs overwrite it instead of piling up copies.
+// buildCaddy returns the built ./cmd/caddy of this checkout (without the
+// race detector: the subprocess is the product as users build it).
 func buildCaddy(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		wd, err := os.Getwd()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		sum := sha256.Sum256([]byte(wd))
-		dir := filepath.Join(os.TempDir(), "caddy-ws-to-tcp-test-"+hex.EncodeToString(sum[:6]))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			buildErr = err
-			return
-		}
-		bin := filepath.Join(dir, "caddy")
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/caddy")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build -o %s ./cmd/caddy: %v\n%s", bin, err, out)
-			return
-		}
-		builtBin = bin
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	bin, err := testbin.Caddy(".", false)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return builtBin
+	return bin
 }
 
 // lockedBuffer collects a subprocess's output; the test reads it while the

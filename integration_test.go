@@ -10,7 +10,8 @@ package wstotcp
 //     (handlerServer, in testutil_test.go), no Caddy, in parallel;
 //   - real-Caddy tests, for what needs Caddy (Caddyfile, reload, admin API,
 //     events, metrics, other handlers of a route, stop): this file's
-//     harness, one Caddy at a time, and the core end-to-end tests;
+//     harness, one Caddy at a time in a process (the package's tests run
+//     in a few processes: shards_test.go), and the core end-to-end tests;
 //   - the built binary as a subprocess (example_test.go, command_test.go),
 //     and real peers: Chromium, noVNC, nginx, Redis.
 //
@@ -56,10 +57,12 @@ import (
 // -race on a loaded 2-core machine; a test that reaches it has failed.
 const ioTimeout = 30 * time.Second
 
-// TestMain runs the tests, then checks that none left a tunnel or a relay
-// goroutine behind: the tests in parallel cannot check the process-wide
-// registry while others run, so the last word is here. It starts the
-// browser tests' Chromium in the background first, when they are to run.
+// TestMain runs the tests in shards (shards_test.go): processes of this
+// binary, each with its share of the tests. A shard runs its tests, then
+// checks that none left a tunnel or a relay goroutine behind: the tests in
+// parallel cannot check the process-wide registry while others run, so the
+// last word is here. It starts the browser tests' Chromium in the
+// background first, when they are to run.
 //
 // First, it makes sure GODEBUG=http2xconnect=1 is set, as the README says
 // to run Caddy for WebSockets over HTTP/2: Go's HTTP/2 server reads it
@@ -83,12 +86,15 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	flag.Parse()
+	if code, ok := runShards(); ok {
+		os.Exit(code)
+	}
 	// The tests marked parallel wait on sockets and child processes more
 	// than on a CPU: one per CPU, the default, leaves the machine idle.
 	if f := flag.Lookup("test.parallel"); f.Value.String() == strconv.Itoa(runtime.GOMAXPROCS(0)) {
 		f.Value.Set(strconv.Itoa(4 * runtime.GOMAXPROCS(0)))
 	}
-	if runs(browserTests...) {
+	if runs(browserTests...) && flagValue("test.list") == "" {
 		go startChromium() // its start-up overlaps the tests before the browser's
 	}
 	code := m.Run()

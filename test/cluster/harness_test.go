@@ -26,6 +26,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/testbin"
 )
 
 // ioTimeout bounds every wait: generous for -race on a loaded 2-core
@@ -39,26 +40,13 @@ var caddyBin string
 // it, so that the module's cluster code runs under the race detector in
 // its real processes), then runs the tests.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ws_to_tcp-cluster-")
+	bin, err := testbin.Caddy(filepath.Join("..", ".."), raceEnabled)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	caddyBin = filepath.Join(dir, "caddy")
-	args := []string{"build", "-o", caddyBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	build := exec.Command("go", append(args, "./cmd/caddy")...)
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build ./cmd/caddy: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(2)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	caddyBin = bin
+	os.Exit(m.Run())
 }
 
 func inCI() bool {

@@ -1,0 +1,174 @@
+package wstotcp
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// The package's tests run in shards: a few processes of this test binary,
+// each with its share of the tests. Caddy runs one configuration per
+// process, so the real-Caddy tests of one process run one after another
+// (caddyMu); they wait on sockets, child processes and Caddy's reloads far
+// more than on a CPU, and three such chains side by side take a third of
+// the time of one. Everything else about a test is the same in a shard: the
+// harness, the leak check at its end (per process), the flags.
+
+// shardEnv is set in the environment of a shard (and of the listing
+// process): a process that has it runs its tests itself.
+const shardEnv = "WS_TO_TCP_TEST_SHARD"
+
+// shardsEnv sets the number of shards; 1 runs every test in this process.
+const shardsEnv = "WS_TO_TCP_TEST_SHARDS"
+
+// defaultShards: on the 2-core machines the suite is measured on, three
+// chains keep both cores busy without making each wait on the others.
+const defaultShards = 3
+
+// runShards runs the selected tests in shards and returns the exit code,
+// or ok false when the tests are to run in this process instead: in a
+// shard, with one shard, with fewer than two tests selected, and for what
+// per-process output would mix up (listing, benchmarks, fuzzing, coverage,
+// profiles, a -run pattern with subtests).
+func runShards() (code int, ok bool) {
+	if os.Getenv(shardEnv) != "" {
+		return 0, false
+	}
+	n := defaultShards
+	if v := os.Getenv(shardsEnv); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "%s=%q: want a number of processes, at least 1\n", shardsEnv, v)
+			return 2, true
+		}
+	}
+	run := flagValue("test.run")
+	if n == 1 || testing.CoverMode() != "" || strings.Contains(run, "/") {
+		return 0, false
+	}
+	for _, f := range []string{"test.list", "test.bench", "test.fuzz", "test.cpuprofile", "test.memprofile",
+		"test.blockprofile", "test.mutexprofile", "test.trace"} {
+		if flagValue(f) != "" {
+			return 0, false
+		}
+	}
+	tests, err := listTests(run)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listing the tests for the shards:", err)
+		return 2, true
+	}
+	if len(tests) < 2 {
+		return 0, false
+	}
+	shards := assignShards(tests, min(n, len(tests)))
+
+	var (
+		out  sync.Mutex // one shard's output at a time, whole: go test -json reads it as one test run after another
+		wg   sync.WaitGroup
+		fail bool
+	)
+	for i, names := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf bytes.Buffer
+			cmd := exec.Command(os.Args[0], shardArgs(names)...)
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d/%d", shardEnv, i+1, len(shards)))
+			cmd.Stdout, cmd.Stderr = &buf, &buf
+			// A shard outlives no parent killed by go test's timeout.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			err := cmd.Run()
+			out.Lock()
+			defer out.Unlock()
+			os.Stdout.Write(buf.Bytes())
+			if err != nil {
+				fail = true
+				fmt.Printf("shard %d/%d (%d tests): %v\n", i+1, len(shards), len(names), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if fail {
+		fmt.Println("FAIL")
+		return 1, true
+	}
+	return 0, true
+}
+
+// flagValue is the value of one of the testing package's flags.
+func flagValue(name string) string {
+	if f := flag.Lookup(name); f != nil {
+		return f.Value.String()
+	}
+	return ""
+}
+
+// listTests lists the top-level tests (and fuzz targets, whose seeds run
+// as tests) that run selects, in the order of the source.
+func listTests(run string) ([]string, error) {
+	if run == "" {
+		run = "."
+	}
+	cmd := exec.Command(os.Args[0], "-test.list="+run)
+	cmd.Env = append(os.Environ(), shardEnv+"=list")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, stderr.Bytes())
+	}
+	var tests []string
+	for _, name := range strings.Fields(string(b)) {
+		if strings.HasPrefix(name, "Test") || strings.HasPrefix(name, "Fuzz") {
+			tests = append(tests, name)
+		}
+	}
+	return tests, nil
+}
+
+// assignShards deals the tests out in turn, the tests that use the
+// browser all to the first shard (one Chromium, started once).
+func assignShards(tests []string, n int) [][]string {
+	shards := make([][]string, n)
+	next := 0
+	for _, name := range tests {
+		if slices.Contains(browserTests, name) {
+			shards[0] = append(shards[0], name)
+			continue
+		}
+		shards[next] = append(shards[next], name)
+		next = (next + 1) % n
+	}
+	return shards
+}
+
+// shardArgs are this process's arguments with -test.run set to the
+// shard's tests. The test log (go test's record of the files and
+// variables a run read, for its cache) is the parent's alone: the shards
+// would overwrite each other's, and without it go test does not cache the
+// result, which is right for a run it cannot account for.
+func shardArgs(names []string) []string {
+	var args []string
+	skip := false
+	for _, a := range os.Args[1:] {
+		if skip {
+			skip = false
+			continue
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name == "test.run" || name == "test.testlogfile" {
+			skip = !hasValue
+			continue
+		}
+		args = append(args, a)
+	}
+	return append(args, "-test.run=^("+strings.Join(names, "|")+")$")
+}
