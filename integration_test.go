@@ -162,6 +162,24 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freePorts returns n distinct loopback ports that were free a moment
+// ago. Each is held until all are chosen: a port just closed may be handed
+// out again at once, and Caddy's listeners (SO_REUSEPORT) would then share
+// it — its admin endpoint and a site on one port, each answering half.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
+}
+
 // withFreePorts calls start with n ports that were free a moment ago,
 // and again with others when it fails because one of them was taken in
 // between (an error that says "address already in use", as Go, Caddy,
@@ -169,11 +187,7 @@ func freePort(t testing.TB) int {
 func withFreePorts(t testing.TB, n int, start func(ports []int) error) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		ports := make([]int, n)
-		for i := range ports {
-			ports[i] = freePort(t)
-		}
-		err := start(ports)
+		err := start(freePorts(t, n))
 		if err == nil {
 			return
 		}

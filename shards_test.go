@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The package's tests run in shards: a few processes of this test binary,
@@ -85,13 +86,17 @@ func runShards() (code int, ok bool) {
 			cmd.Stdout, cmd.Stderr = &buf, &buf
 			// A shard outlives no parent killed by go test's timeout.
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			start := time.Now()
 			err := cmd.Run()
 			out.Lock()
 			defer out.Unlock()
 			os.Stdout.Write(buf.Bytes())
-			if err != nil {
+			switch {
+			case err != nil:
 				fail = true
 				fmt.Printf("shard %d/%d (%d tests): %v\n", i+1, len(shards), len(names), err)
+			case testing.Verbose():
+				fmt.Printf("shard %d/%d: %d tests in %.1fs\n", i+1, len(shards), len(names), time.Since(start).Seconds())
 			}
 		}()
 	}

@@ -59,6 +59,7 @@ func startCluster(t *testing.T, rs *redisServer, up string, extra ...string) []*
 // disconnected from one; another user's stay. An instance that cannot
 // answer (stopped) is named as missing.
 func TestClusterListAndDisconnect(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	// c's lease is long, so that, stopped, it stays a member that does
@@ -140,6 +141,7 @@ func TestClusterListAndDisconnect(t *testing.T) {
 // channel on every instance exactly once, through one publish (and one
 // answer per other instance).
 func TestClusterBroadcastOnce(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	all := startCluster(t, rs, up.addr)
@@ -192,6 +194,7 @@ func TestClusterBroadcastOnce(t *testing.T) {
 // 100 concurrent handshakes spread over the three instances; a slot given
 // back by a closed tunnel can be taken on another instance.
 func TestClusterUserLimitBurst(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	all := startCluster(t, rs, up.addr, limit, limit, limit)
@@ -254,6 +257,7 @@ func TestClusterUserLimitBurst(t *testing.T) {
 // Clients come from 127.0.0.1 and 127.0.0.2 (Linux answers for the whole
 // loopback /8).
 func TestClusterTotalAndPerIPLimits(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	limits := "max_connections 3\n\t\t\tmax_connections_per_ip 2"
@@ -279,6 +283,7 @@ func TestClusterTotalAndPerIPLimits(t *testing.T) {
 // The slots of an instance killed with SIGKILL count until its lease runs
 // out (2 s here), then no more: the others admit again.
 func TestClusterKilledInstanceGivesSlotsBack(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	all := startCluster(t, rs, up.addr, limit, limit, limit)
@@ -319,6 +324,7 @@ func TestClusterKilledInstanceGivesSlotsBack(t *testing.T) {
 // 0. Started again on the same port: everything comes back, and the
 // tunnels opened meanwhile count.
 func TestClusterRedisOutage(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	all := startCluster(t, rs, up.addr, limit, limit+"\n\t\t\tcluster_fail closed", limit)
@@ -397,6 +403,7 @@ func TestClusterRedisOutage(t *testing.T) {
 // the others, which have no checks of their own; back up, it is used
 // again. Each instance's view shows in the cluster's upstream list.
 func TestClusterSharedHealth(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	x := startEcho(t, "X")
 	y := startEcho(t, "OK Y")
@@ -448,6 +455,7 @@ func TestClusterSharedHealth(t *testing.T) {
 // membership and its slots: the tunnels opened before it still count and
 // are still listed, under the same instance, once.
 func TestClusterReloadKeepsSlots(t *testing.T) {
+	t.Parallel()
 	rs := startRedis(t)
 	up := startEcho(t, "")
 	all := startCluster(t, rs, up.addr, limit, limit, limit)

@@ -1,6 +1,10 @@
 // Package cluster tests `ws_to_tcp`'s cluster (README, Cluster) the way it
 // runs: several real Caddy processes (the module's own build,
 // ./cmd/caddy) and a real redis-server, each on free loopback ports.
+//
+// Each test starts its own redis-server and Caddy processes, so the tests
+// run in parallel (as many at once as -parallel, by default one per CPU:
+// each runs three Caddy processes).
 package cluster
 
 import (
@@ -78,14 +82,22 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func freePort(t testing.TB) int {
+// freePorts returns n distinct loopback ports that were free a moment
+// ago. Each is held until all are chosen: a port just closed may be handed
+// out again at once, and Caddy's listeners (SO_REUSEPORT) would then share
+// it.
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 type lockedBuffer struct {
@@ -160,7 +172,7 @@ func startRedis(t *testing.T) *redisServer {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		missingTool(t, "redis-server is missing: install it with `apt-get install -y redis-server` (.ci/run does)")
 	}
-	rs := &redisServer{t: t, port: freePort(t), dir: t.TempDir()}
+	rs := &redisServer{t: t, port: freePorts(t, 1)[0], dir: t.TempDir()}
 	rs.client = redis.NewClient(&redis.Options{Addr: rs.addr(), DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { rs.client.Close() })
 	rs.start()
@@ -251,7 +263,8 @@ func startInstance(t *testing.T, name, site string, wantCluster bool) *instance 
 
 func tryInstance(t *testing.T, name, site string, wantCluster bool) (*instance, error) {
 	t.Helper()
-	in := &instance{name: name, adminPort: freePort(t), httpPort: freePort(t)}
+	ports := freePorts(t, 2)
+	in := &instance{name: name, adminPort: ports[0], httpPort: ports[1]}
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off
