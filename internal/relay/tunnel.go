@@ -60,6 +60,7 @@ var (
 	ErrClosing          = errors.New("tunnel closing")
 	errEnding           = errors.New("tunnel ending")
 	ErrWriteLockTimeout = errors.New("timed out waiting to write to the client")
+	errReset            = errors.New("connection reset (EOF after a write took the reset)")
 	errInvalidUTF8      = &wsframe.CloseError{Code: wsframe.CloseInvalidPayload, Reason: "invalid UTF-8 in text message"}
 )
 
@@ -367,6 +368,10 @@ func (t *Tunnel) upstreamEnded(err error) {
 	code, reason := wsframe.CloseNormal, ""
 	if !errors.Is(err, io.EOF) {
 		code, reason = wsframe.CloseBadGateway, "bad gateway"
+	} else if !t.ending.Load() && wasReset(t.up) {
+		// The client pump's write took the reset's error: this EOF is
+		// the reset's, not the upstream's clean end.
+		code, reason, err = wsframe.CloseBadGateway, "bad gateway", &upstreamError{errReset}
 	}
 	if !t.decide(code, ByUpstream, err) {
 		if t.halfOpen.Swap(halfDone) == halfOpening {
