@@ -87,6 +87,11 @@ type logReader struct {
 	errors []logLine
 	lines  int
 	warns  int
+
+	// adminStopped gets a value for each "stopped previous server" of
+	// Caddy's admin logger: a /load has replaced the admin server and the
+	// old one no longer accepts connections.
+	adminStopped chan struct{}
 }
 
 func (l *logReader) read(r io.Reader) {
@@ -127,6 +132,12 @@ func (l *logReader) line(b []byte) {
 		return
 	}
 	ts := time.Unix(0, int64(e.TS*1e9))
+	if e.Logger == "admin" && e.Msg == "stopped previous server" {
+		select {
+		case l.adminStopped <- struct{}{}:
+		default:
+		}
+	}
 	if strings.Contains(strings.ToLower(e.Msg), "panic") {
 		l.v.add("caddy log", "panic: %s", b)
 	}
@@ -166,25 +177,42 @@ type admin struct {
 
 	// A /load replaces Caddy's admin server, which shuts the old one
 	// down meanwhile: the soak's other admin calls and its loads take
-	// turns.
+	// turns, and a load's turn lasts until the old server has stopped.
+	// The new listener shares the port with the old (SO_REUSEPORT) until
+	// then, and a connection the kernel queued on the old one is reset
+	// when it closes: a call made right after /load answered was lost so.
 	loading sync.RWMutex
+	stopped <-chan struct{} // logReader.adminStopped
 }
 
-func newAdmin(addr string) *admin {
+func newAdmin(addr string, stopped <-chan struct{}) *admin {
 	// No keep-alive: the admin server a /load replaces closes its idle
 	// connections while it shuts down, and a request sent on one of them
 	// just then is lost (EOF) — a race of HTTP keep-alive, not the
 	// module's. A fresh connection per call reaches the current server.
-	return &admin{base: "http://" + addr, c: &http.Client{
+	return &admin{base: "http://" + addr, stopped: stopped, c: &http.Client{
 		Timeout:   20 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}}
 }
 
-func (a *admin) do(method, path, ctype string, body []byte) ([]byte, error) {
+func (a *admin) do(method, path, ctype string, body []byte) (_ []byte, err error) {
 	if path == "/load" {
 		a.loading.Lock()
 		defer a.loading.Unlock()
+		for len(a.stopped) > 0 {
+			<-a.stopped // of an earlier load
+		}
+		defer func() {
+			if err != nil {
+				return // nothing replaced
+			}
+			// Caddy gives the old admin server 10 s to stop.
+			select {
+			case <-a.stopped:
+			case <-time.After(11 * time.Second):
+			}
+		}()
 	} else {
 		a.loading.RLock()
 		defer a.loading.RUnlock()

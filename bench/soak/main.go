@@ -199,8 +199,8 @@ func (s *soak) run(caddyBin string, race bool) int {
 		return fatalf("%v", err)
 	}
 	defer logFile.Close()
-	s.logs = &logReader{reg: s.reg, v: s.v, out: logFile}
-	s.admin = newAdmin(s.adminAddr)
+	s.logs = &logReader{reg: s.reg, v: s.v, out: logFile, adminStopped: make(chan struct{}, 16)}
+	s.admin = newAdmin(s.adminAddr, s.logs.adminStopped)
 	if s.caddy, err = startCaddy(caddyBin, s.work, s.caddyfile("A"), s.logs); err != nil {
 		return fatalf("starting Caddy: %v", err)
 	}

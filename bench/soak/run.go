@@ -60,13 +60,18 @@ func (s *soak) open(ctx context.Context, t *tunnel) (stream, *bufio.Reader, func
 		return st, br, func() {}, err
 	}
 	pools := s.pools
-	if t.kind == kindStopRead || t.kind == kindFreeze {
+	if t.kind == kindStopRead || t.kind == kindFreeze || kinds[t.kind].blast {
 		// A stream that is not read holds its share of the connection's
-		// flow-control window: on HTTP/3, quic-go's client allows 15 MB a
-		// connection and 6 MB a stream, so three such tunnels stall every
-		// other tunnel and handshake on their connection until
-		// write_timeout ends them (docs/soak.md). They get connections of
-		// their own, so that the other tunnels measure Caddy, not that.
+		// flow-control window, each way. Downloads: on HTTP/3, quic-go's
+		// client allows 15 MB a connection and 6 MB a stream, so three
+		// tunnels whose client stops reading stall the others. Uploads:
+		// Go's HTTP/2 server gives a connection the window of one stream
+		// (1 MiB), and the relay stops reading a tunnel whose upstream
+		// stalls, so one such tunnel stalls every upload on its
+		// connection — Pongs too, and on HTTP/3 new streams' requests —
+		// until write_timeout ends it (docs/http2-http3.md). They get
+		// connections of their own, so that the other tunnels measure
+		// Caddy, not that.
 		pools = s.quietPools
 	}
 	st, release, err := pools[t.transport].open(ctx, path, sending)

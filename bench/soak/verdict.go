@@ -93,7 +93,7 @@ func (s *soak) judgeTunnel(t *tunnel, ty *tally) {
 	if t.up.bad != "" {
 		s.v.add("data", "%s: stream at the upstream: %s", name, t.up.bad)
 	}
-	if !t.upSeen {
+	if !t.upSeen && !s.resetInBacklog(t) {
 		s.v.add("tunnel", "%s: opened, but no upstream connection came", name)
 	}
 	if t.log == nil {
@@ -193,6 +193,28 @@ func (s *soak) externalEnd(t *tunnel, ty *tally) bool {
 		!lg.ts.Before(t.upRestart) && lg.ts.Before(t.upRestart.Add(c.closeGrace+c.slack)) {
 		ty.restartEnded++
 		return true
+	}
+	if s.resetInBacklog(t) {
+		ty.restartEnded++
+		return true
+	}
+	return false
+}
+
+// resetInBacklog: a tunnel of /restart whose upstream connection was still
+// in the listener's backlog when the upstream restarted. Caddy's dial had
+// succeeded, the soak never accepted the connection (so it never saw the
+// tunnel), and closing the listener reset it: the tunnel ends 1014 by the
+// upstream during the restart.
+func (s *soak) resetInBacklog(t *tunnel) bool {
+	lg := t.log
+	if lg == nil || t.upSeen || t.route != "/restart" || lg.code != 1014 || lg.by != "upstream" {
+		return false
+	}
+	for _, r := range s.ev.restarts {
+		if !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(s.cfg.closeGrace+s.cfg.slack)) {
+			return true
+		}
 	}
 	return false
 }
