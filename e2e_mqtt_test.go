@@ -105,14 +105,9 @@ func tail(s string, n int) string {
 
 func TestE2EMQTTJSOverWebSocket(t *testing.T) {
 	needNodeModules(t)
+	t.Parallel()
 	port, _ := startMosquitto(t)
-	s := startCaddy(t, fmt.Sprintf(`{HTTP} {
-	route /mqtt {
-		ws_to_tcp 127.0.0.1:%d {
-			subprotocols mqtt
-		}
-	}
-}`, port))
+	s := serveHandler(t, provisioned(t, fmt.Sprintf(`{"upstreams": [{"dial": "127.0.0.1:%d"}], "subprotocols": ["mqtt"]}`, port)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const count = 300
@@ -141,14 +136,9 @@ func TestE2EMosquittoClientsThroughTCPToWS(t *testing.T) {
 			missingTool(t, "%s not installed (Debian: mosquitto-clients)", prog)
 		}
 	}
+	t.Parallel()
 	port, brokerLog := startMosquitto(t)
-	s := startCaddy(t, fmt.Sprintf(`{HTTP} {
-	route /mqtt {
-		ws_to_tcp 127.0.0.1:%d {
-			subprotocols mqtt
-		}
-	}
-}`, port))
+	s := serveHandler(t, provisioned(t, fmt.Sprintf(`{"upstreams": [{"dial": "127.0.0.1:%d"}], "subprotocols": ["mqtt"]}`, port)))
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := runCaddy(t, buildCaddy(t), t.TempDir(), "tcp-to-ws", "--subprotocol", "mqtt", "--listen", listen, s.wsURL("/mqtt"))
 	if err := p.waitListening(t, listen); err != nil {

@@ -129,23 +129,20 @@ func psql(t *testing.T, host, port, sql string) string {
 }
 
 func TestE2EPostgres(t *testing.T) {
+	t.Parallel()
 	needNodeModules(t)
 	pgPort := startPostgres(t)
 	other := newUpstream(t, "tcp", "127.0.0.1:0") // outside allow_targets
-	s := startCaddy(t, fmt.Sprintf(`{HTTP} {
-	route /v2 {
-		ws_to_tcp {
-			to {http.request.uri.query.address}
-			allow_targets 127.0.0.1:%d
-		}
-	}
-}`, pgPort))
+	// The Caddyfile's `to {http.request.uri.query.address}` and
+	// `allow_targets 127.0.0.1:<port>`.
+	s := serveHandler(t, provisioned(t, fmt.Sprintf(`{"upstreams": [{"dial": "{http.request.uri.query.address}"}],
+		"allow_targets": ["127.0.0.1:%d"]}`, pgPort)))
 	pgAddr := fmt.Sprintf("127.0.0.1:%d", pgPort)
 
 	// Neon's driver: DDL, thousands of rows, a bytea, concurrent clients.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "neon.mjs", fmt.Sprintf("127.0.0.1:%d/v2", s.httpPort))
+	cmd := exec.CommandContext(ctx, "node", "neon.mjs", s.host+"/v2")
 	cmd.Dir = e2eNodeDir
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PGURL=postgres://app:%s@%s/postgres", pgPassword, pgAddr))
 	var stderr bytes.Buffer

@@ -17,9 +17,10 @@ import (
 )
 
 // OpenSSH end to end: Debian's sshd on a loopback port, behind ws_to_tcp
-// in Caddy, and ssh and scp with `ProxyCommand caddy tcp-to-ws ...` (the
-// README's SSH recipe). What is checked is what sshd's shell and ssh's
-// user see: file digests.
+// (a provisioned handler: Caddy itself adds nothing the applications'
+// tests check, and without it they run in parallel), and ssh and scp with
+// `ProxyCommand caddy tcp-to-ws ...` (the README's SSH recipe). What is
+// checked is what sshd's shell and ssh's user see: file digests.
 
 // sshFixture is an sshd run by the test and an ssh configuration that
 // reaches it through a WebSocket URL.
@@ -178,12 +179,9 @@ func (f *sshFixture) roundTrip(name string, data []byte) error {
 }
 
 func TestE2ESSH(t *testing.T) {
+	t.Parallel()
 	f := startSSHD(t)
-	s := startCaddy(t, fmt.Sprintf(`{HTTP} {
-	route /ssh {
-		ws_to_tcp 127.0.0.1:%d
-	}
-}`, f.port))
+	s := serveHandler(t, provisioned(t, fmt.Sprintf(`{"upstreams": [{"dial": "127.0.0.1:%d"}]}`, f.port)))
 	f.through(t, s.wsURL("/ssh"))
 
 	// Several MiB each way in one session: far more than any buffer on

@@ -73,6 +73,7 @@ func TestClusterListAndDisconnect(t *testing.T) {
 			alice = append(alice, in.mustDial(t, "/echo", "alice"))
 		}
 		bob = append(bob, in.mustDial(t, "/echo", "bob"))
+		in.waitOpen(t, 3)
 	}
 
 	var list clusterAnswer
@@ -152,6 +153,7 @@ func TestClusterBroadcastOnce(t *testing.T) {
 			room = append(room, in.mustDial(t, "/echo?room=r1", "u-"+in.name))
 		}
 		others = append(others, in.mustDial(t, "/echo?room=r2", "v-"+in.name))
+		in.waitOpen(t, 3)
 	}
 
 	before := rs.commandCalls(t)

@@ -399,6 +399,16 @@ func (in *instance) dialFrom(t testing.TB, src, path, user string) (*websocket.C
 	return c, http.StatusSwitchingProtocols
 }
 
+// waitOpen waits until the instance lists n tunnels: a tunnel is listed
+// from when its relay starts, a moment after its client has the 101.
+func (in *instance) waitOpen(t testing.TB, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%s to list %d tunnels", in.name, n), func() bool {
+		var list []json.RawMessage
+		return in.admin(t, "GET", "/ws_to_tcp/connections", "", "", &list) == http.StatusOK && len(list) == n
+	})
+}
+
 // mustDial is dial that must be admitted.
 func (in *instance) mustDial(t testing.TB, path, user string) *websocket.Conn {
 	t.Helper()
