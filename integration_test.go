@@ -50,6 +50,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/testnet"
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/wsframe"
 )
 
@@ -154,28 +155,19 @@ func within(d time.Duration, cond func() bool) bool {
 // withFreePorts, which tries again.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return freePorts(t, 1)[0]
 }
 
-// freePorts returns n distinct loopback ports that were free a moment
-// ago. Each is held until all are chosen: a port just closed may be handed
-// out again at once, and Caddy's listeners (SO_REUSEPORT) would then share
-// it — its admin endpoint and a site on one port, each answering half.
+// freePorts returns n distinct loopback ports that were free a moment ago
+// (testnet.FreePorts: outside the kernel's ephemeral range, so that no
+// outgoing connection takes one meanwhile). Distinct: Caddy's listeners
+// (SO_REUSEPORT) would share a port given twice — its admin endpoint and a
+// site on one port, each answering half.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+	ports, err := testnet.FreePorts(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

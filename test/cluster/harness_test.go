@@ -31,6 +31,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/wstotcp/caddy-ws-to-tcp/internal/testbin"
+	"github.com/wstotcp/caddy-ws-to-tcp/internal/testnet"
 )
 
 // ioTimeout bounds every wait: generous for -race on a loaded 2-core
@@ -82,20 +83,13 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// freePorts returns n distinct loopback ports that were free a moment
-// ago. Each is held until all are chosen: a port just closed may be handed
-// out again at once, and Caddy's listeners (SO_REUSEPORT) would then share
-// it.
+// freePorts returns n distinct loopback ports that were free a moment ago
+// (testnet.FreePorts).
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+	ports, err := testnet.FreePorts(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }
