@@ -18,9 +18,9 @@ import (
 // The package's tests run in shards: a few processes of this test binary,
 // each with its share of the tests. Caddy runs one configuration per
 // process, so the real-Caddy tests of one process run one after another
-// (caddyMu); they wait on sockets, child processes and Caddy's reloads far
-// more than on a CPU, and three such chains side by side take a third of
-// the time of one. Everything else about a test is the same in a shard: the
+// (caddyMu); they wait on sockets, child processes and Caddy's reloads
+// more than on a CPU, and two such chains side by side leave the CPU less
+// idle. Everything else about a test is the same in a shard: the
 // harness, the leak check at its end (per process), the flags.
 
 // shardEnv is set in the environment of a shard (and of the listing
@@ -30,9 +30,11 @@ const shardEnv = "WS_TO_TCP_TEST_SHARD"
 // shardsEnv sets the number of shards; 1 runs every test in this process.
 const shardsEnv = "WS_TO_TCP_TEST_SHARDS"
 
-// defaultShards: on the 2-core machines the suite is measured on, three
-// chains keep both cores busy without making each wait on the others.
-const defaultShards = 3
+// defaultShards: on the 2-core machine the suite is measured on (README,
+// Run the tests), one process took 69 s, two 65 s, three 70 s: the suite
+// is bound by its CPU (about 100 s of it under -race), and each shard adds
+// its own start-up and contention.
+const defaultShards = 2
 
 // runShards runs the selected tests in shards and returns the exit code,
 // or ok false when the tests are to run in this process instead: in a
