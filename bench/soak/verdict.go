@@ -240,6 +240,13 @@ func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
 	lg := t.log
 	sent := t.sent.Load()
 	bad := func(format string, a ...any) { s.v.add("normal tunnel", name+": "+format, a...) }
+	if lg.code == 1000 && lg.by == "client" && t.closeCode == 1014 && !t.upRestart.IsZero() && !t.upRestart.Before(t.closeSentAt) {
+		// A restart reset the upstream in the middle of its answer to the
+		// client's Close: the client was told 1014, and the rest of the
+		// echo is the restart's (docs/operations.md).
+		ty.restartEnded++
+		return
+	}
 	if t.closeSentAt.IsZero() || lg.code != 1000 || lg.by != "client" {
 		bad("ended with %d by %s in Caddy's log %s (configuration %s; client: Close %d, %s%s)", lg.code, lg.by, s.nearestReload(lg.ts), t.upTag, t.closeCode, t.clientErr, t.writeErr)
 		return

@@ -150,3 +150,33 @@ func (c *resetOrder) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// An upstream reset in the middle of its answer to a half-close ends the
+// answer with Close 1014, not with the echo of the client's 1000, which
+// would tell the client it had the whole answer (docs/operations.md: an
+// upstream reset is 1014). The soak saw a restart cut an answer so, and
+// the client was told 1000.
+func TestUpstreamResetDuringTheHalfCloseAnswerIs1014(t *testing.T) {
+	t.Parallel()
+	client, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	_, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
+	client.Write(maskedFrame(0x82, []byte("question")))
+	client.Write(maskedFrame(0x88, []byte{0x03, 0xe8}))
+	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
+	if all, err := io.ReadAll(upstream); err != nil || string(all) != "question" {
+		t.Fatalf("upstream read %q, %v", all, err)
+	}
+	upstream.Write([]byte("the first half of the answer"))
+	fr := &frameReader{c: client}
+	client.SetReadDeadline(time.Now().Add(ioTimeout))
+	if op, p := fr.next(t); op != wsframe.OpBinary || string(p) != "the first half of the answer" {
+		t.Fatalf("op %d %q, want the first half", op, p)
+	}
+	upstream.(*net.TCPConn).SetLinger(0)
+	upstream.Close() // a reset
+	if op, p := fr.next(t); op != wsframe.OpClose || closeCode(p) != wsframe.CloseBadGateway {
+		t.Fatalf("op %d %q, want Close 1014 after a reset cut the answer", op, p)
+	}
+	<-ended
+}

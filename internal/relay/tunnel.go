@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -376,8 +377,14 @@ func (t *Tunnel) upstreamEnded(err error) {
 	if !t.decide(code, ByUpstream, err) {
 		if t.halfOpen.Swap(halfDone) == halfOpening {
 			// The answer to the peer's half-close is all sent (or the
-			// grace is over): echo its Close.
-			t.sendClose(wsframe.CloseNormal, "")
+			// grace is over): echo its Close — unless the upstream failed
+			// in the middle of its answer (a reset): then 1014, so that
+			// the client does not take a cut answer for a whole one.
+			echo, reason := wsframe.CloseNormal, ""
+			if code == wsframe.CloseBadGateway && !errors.Is(err, os.ErrDeadlineExceeded) {
+				echo, reason = wsframe.CloseBadGateway, "bad gateway"
+			}
+			t.sendClose(echo, reason)
 			t.client.Close()
 		}
 		return
