@@ -86,8 +86,11 @@ func runShards() (code int, ok bool) {
 			cmd := exec.Command(os.Args[0], shardArgs(names)...)
 			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d/%d", shardEnv, i+1, len(shards)))
 			cmd.Stdout, cmd.Stderr = &buf, &buf
-			// A shard outlives no parent killed by go test's timeout.
+			// A shard outlives no parent killed by go test's timeout, and
+			// a daemon a test left holding the shard's output (its pipe)
+			// does not hold the run once the shard has exited.
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			cmd.WaitDelay = time.Minute
 			start := time.Now()
 			err := cmd.Run()
 			out.Lock()
