@@ -121,8 +121,9 @@ func flagValue(name string) string {
 	return ""
 }
 
-// listTests lists the top-level tests (and fuzz targets, whose seeds run
-// as tests) that run selects, in the order of the source.
+// listTests lists what run selects and a run without -bench runs: the
+// top-level tests, fuzz targets (their seeds run as tests) and examples
+// with output, in the order of the source.
 func listTests(run string) ([]string, error) {
 	if run == "" {
 		run = "."
@@ -137,7 +138,7 @@ func listTests(run string) ([]string, error) {
 	}
 	var tests []string
 	for _, name := range strings.Fields(string(b)) {
-		if strings.HasPrefix(name, "Test") || strings.HasPrefix(name, "Fuzz") {
+		if strings.HasPrefix(name, "Test") || strings.HasPrefix(name, "Fuzz") || strings.HasPrefix(name, "Example") {
 			tests = append(tests, name)
 		}
 	}
