@@ -183,3 +183,28 @@ func shardArgs(names []string) []string {
 	}
 	return append(args, "-test.run=^("+strings.Join(names, "|")+")$")
 }
+
+// A shard gets this process's flags but its own -test.run, and never the
+// parent's test log, in either form of a flag.
+func TestShardArgs(t *testing.T) {
+	saved := os.Args
+	t.Cleanup(func() { os.Args = saved })
+	os.Args = []string{"x.test", "-test.paniconexit0", "-test.run=Old", "-test.timeout=10m0s",
+		"-test.testlogfile", "/tmp/log", "--test.run", "Older", "-test.v=test2json"}
+	got := strings.Join(shardArgs([]string{"TestA", "FuzzB"}), " ")
+	want := "-test.paniconexit0 -test.timeout=10m0s -test.v=test2json -test.run=^(TestA|FuzzB)$"
+	if got != want {
+		t.Fatalf("shardArgs:\n got %s\nwant %s", got, want)
+	}
+}
+
+// Every test goes to exactly one shard, in turn; the browser's all go to
+// the first.
+func TestAssignShards(t *testing.T) {
+	tests := []string{"TestA", browserTests[0], "TestB", "TestC", browserTests[1], "TestD"}
+	got := assignShards(tests, 2)
+	want := [][]string{{"TestA", browserTests[0], "TestC", browserTests[1]}, {"TestB", "TestD"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("assignShards: %v, want %v", got, want)
+	}
+}

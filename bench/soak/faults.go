@@ -116,6 +116,9 @@ func (s *soak) reload(tag string) {
 	for _, p := range s.quietPools {
 		p.retireAll()
 	}
+	for _, p := range s.stallPools {
+		p.retireAll()
+	}
 	s.curTag.Store(tag)
 }
 

@@ -53,7 +53,8 @@ type soak struct {
 	echo       *upstream
 	restartUp  *upstream
 	pools      map[string]*muxPool
-	quietPools map[string]*muxPool // for the tunnels that stop reading
+	quietPools map[string]*muxPool // for the tunnels that stop reading or writing
+	stallPools map[string]*muxPool // for the tunnels whose upstream stalls
 
 	reg     *registry
 	v       *violations
@@ -193,7 +194,7 @@ func (s *soak) run(caddyBin string, race bool) int {
 			trH3: newMuxPool(trH3, s.httpsAddr, s.authority, s.tlsConf("")),
 		}
 	}
-	s.pools, s.quietPools = newPools(), newPools()
+	s.pools, s.quietPools, s.stallPools = newPools(), newPools(), newPools()
 	logFile, err := os.Create(filepath.Join(s.work, "caddy.log"))
 	if err != nil {
 		return fatalf("%v", err)
@@ -296,6 +297,9 @@ func (s *soak) warmUp() {
 	for _, p := range s.quietPools {
 		p.closeAll()
 	}
+	for _, p := range s.stallPools {
+		p.closeAll()
+	}
 }
 
 // drain waits for every client to end: normal tunnels close at once, a
@@ -317,6 +321,9 @@ func (s *soak) drain() {
 		p.closeAll()
 	}
 	for _, p := range s.quietPools {
+		p.closeAll()
+	}
+	for _, p := range s.stallPools {
 		p.closeAll()
 	}
 }

@@ -59,19 +59,23 @@ func (s *soak) open(ctx context.Context, t *tunnel) (stream, *bufio.Reader, func
 		st, br, err := dialH1(ctx, s.httpsAddr, s.authority, path, s.tlsConf("http/1.1"), sending)
 		return st, br, func() {}, err
 	}
+	// A stream that is not read holds its share of the connection's
+	// flow-control window, each way. Downloads: on HTTP/3, quic-go's client
+	// allows 15 MB a connection and 6 MB a stream, so three tunnels whose
+	// client stops reading stall the others. Uploads: Go's HTTP/2 server
+	// gives a connection the window of one stream (1 MiB), and the relay
+	// stops reading a tunnel whose upstream stalls, so one such tunnel
+	// stalls every upload on its connection — Pongs too, and on HTTP/3 new
+	// streams' requests — until write_timeout ends it
+	// (docs/http2-http3.md). Such tunnels get connections of their own, so
+	// that the other tunnels measure Caddy, not that; those that stall
+	// uploads apart from those that freeze, which answer Pongs until their
+	// fault strikes.
 	pools := s.pools
-	if t.kind == kindStopRead || t.kind == kindFreeze || kinds[t.kind].blast {
-		// A stream that is not read holds its share of the connection's
-		// flow-control window, each way. Downloads: on HTTP/3, quic-go's
-		// client allows 15 MB a connection and 6 MB a stream, so three
-		// tunnels whose client stops reading stall the others. Uploads:
-		// Go's HTTP/2 server gives a connection the window of one stream
-		// (1 MiB), and the relay stops reading a tunnel whose upstream
-		// stalls, so one such tunnel stalls every upload on its
-		// connection — Pongs too, and on HTTP/3 new streams' requests —
-		// until write_timeout ends it (docs/http2-http3.md). They get
-		// connections of their own, so that the other tunnels measure
-		// Caddy, not that.
+	switch {
+	case kinds[t.kind].blast:
+		pools = s.stallPools
+	case t.kind == kindStopRead || t.kind == kindFreeze:
 		pools = s.quietPools
 	}
 	st, release, err := pools[t.transport].open(ctx, path, sending)

@@ -180,3 +180,39 @@ func TestUpstreamResetDuringTheHalfCloseAnswerIs1014(t *testing.T) {
 	}
 	<-ended
 }
+
+// A tunnel the server closes (a reload, the admin API) while the upstream
+// answers a half-close is not reported to the client as the upstream's
+// failure: the read that the closing cut is not a reset (the soak saw a
+// reload turn such an answer's end into 1014).
+func TestServerClosingDuringTheHalfCloseAnswerIsNot1014(t *testing.T) {
+	t.Parallel()
+	client, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	tun, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
+	client.Write(maskedFrame(0x82, []byte("question")))
+	client.Write(maskedFrame(0x88, []byte{0x03, 0xe8}))
+	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
+	if all, err := io.ReadAll(upstream); err != nil || string(all) != "question" {
+		t.Fatalf("upstream read %q, %v", all, err)
+	}
+	upstream.Write([]byte("part of the answer"))
+	fr := &frameReader{c: client}
+	client.SetReadDeadline(time.Now().Add(ioTimeout))
+	if op, p := fr.next(t); op != wsframe.OpBinary || string(p) != "part of the answer" {
+		t.Fatalf("op %d %q, want the part", op, p)
+	}
+	tun.Terminate(wsframe.CloseGoingAway, "configuration reloaded") // closing already: closed at once
+	<-ended
+	// Whatever reached the client before its connection closed, it is not
+	// a Close 1014.
+	for {
+		h, p, err := readFrame(client)
+		if err != nil {
+			return
+		}
+		if h == wsframe.OpClose && closeCode(p) == wsframe.CloseBadGateway {
+			t.Fatal("the client got Close 1014: the server's own closing was taken for an upstream failure")
+		}
+	}
+}

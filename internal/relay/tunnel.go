@@ -377,11 +377,12 @@ func (t *Tunnel) upstreamEnded(err error) {
 	if !t.decide(code, ByUpstream, err) {
 		if t.halfOpen.Swap(halfDone) == halfOpening {
 			// The answer to the peer's half-close is all sent (or the
-			// grace is over): echo its Close — unless the upstream failed
-			// in the middle of its answer (a reset): then 1014, so that
-			// the client does not take a cut answer for a whole one.
+			// grace is over, or the server closed the tunnel): echo its
+			// Close — unless the upstream failed in the middle of its
+			// answer (a reset): then 1014, so that the client does not
+			// take a cut answer for a whole one.
 			echo, reason := wsframe.CloseNormal, ""
-			if code == wsframe.CloseBadGateway && !errors.Is(err, os.ErrDeadlineExceeded) {
+			if code == wsframe.CloseBadGateway && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
 				echo, reason = wsframe.CloseBadGateway, "bad gateway"
 			}
 			t.sendClose(echo, reason)
