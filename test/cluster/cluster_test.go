@@ -131,7 +131,9 @@ func TestClusterListAndDisconnect(t *testing.T) {
 	c.proc.cmd.Process.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { c.proc.cmd.Process.Signal(syscall.SIGCONT) })
 	var partial clusterAnswer
-	a.admin(t, "GET", "/ws_to_tcp/connections?scope=cluster&timeout=300ms", "", "", &partial)
+	// bob's only: alice's disconnected tunnels may still be listed as
+	// closing for a moment on a loaded machine.
+	a.admin(t, "GET", "/ws_to_tcp/connections?scope=cluster&user=bob&timeout=1s", "", "", &partial)
 	if !slices.Equal(partial.Missing, []string{"c"}) || len(partial.Connections) != 2 {
 		t.Fatalf("with c stopped: missing %v, %d connections (want [c], bob's 2 on a and b)", partial.Missing, len(partial.Connections))
 	}
