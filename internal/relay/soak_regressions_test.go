@@ -158,21 +158,8 @@ func (c *resetOrder) Read(p []byte) (int, error) {
 // the client was told 1000.
 func TestUpstreamResetDuringTheHalfCloseAnswerIs1014(t *testing.T) {
 	t.Parallel()
-	client, clientSide := tcpPair(t)
-	upSide, upstream := tcpPair(t)
-	_, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
-	client.Write(maskedFrame(0x82, []byte("question")))
-	client.Write(maskedFrame(0x88, []byte{0x03, 0xe8}))
-	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
-	if all, err := io.ReadAll(upstream); err != nil || string(all) != "question" {
-		t.Fatalf("upstream read %q, %v", all, err)
-	}
-	upstream.Write([]byte("the first half of the answer"))
-	fr := &frameReader{c: client}
-	client.SetReadDeadline(time.Now().Add(ioTimeout))
-	if op, p := fr.next(t); op != wsframe.OpBinary || string(p) != "the first half of the answer" {
-		t.Fatalf("op %d %q, want the first half", op, p)
-	}
+	a := answeringHalfClose(t)
+	upstream, fr, ended := a.upstream, a.fr, a.ended
 	upstream.(*net.TCPConn).SetLinger(0)
 	upstream.Close() // a reset
 	if op, p := fr.next(t); op != wsframe.OpClose || closeCode(p) != wsframe.CloseBadGateway {
@@ -187,21 +174,8 @@ func TestUpstreamResetDuringTheHalfCloseAnswerIs1014(t *testing.T) {
 // reload turn such an answer's end into 1014).
 func TestServerClosingDuringTheHalfCloseAnswerIsNot1014(t *testing.T) {
 	t.Parallel()
-	client, clientSide := tcpPair(t)
-	upSide, upstream := tcpPair(t)
-	tun, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
-	client.Write(maskedFrame(0x82, []byte("question")))
-	client.Write(maskedFrame(0x88, []byte{0x03, 0xe8}))
-	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
-	if all, err := io.ReadAll(upstream); err != nil || string(all) != "question" {
-		t.Fatalf("upstream read %q, %v", all, err)
-	}
-	upstream.Write([]byte("part of the answer"))
-	fr := &frameReader{c: client}
-	client.SetReadDeadline(time.Now().Add(ioTimeout))
-	if op, p := fr.next(t); op != wsframe.OpBinary || string(p) != "part of the answer" {
-		t.Fatalf("op %d %q, want the part", op, p)
-	}
+	a := answeringHalfClose(t)
+	client, tun, ended := a.client, a.tun, a.ended
 	tun.Terminate(wsframe.CloseGoingAway, "configuration reloaded") // closing already: closed at once
 	<-ended
 	// Whatever reached the client before its connection closed, it is not
@@ -215,4 +189,34 @@ func TestServerClosingDuringTheHalfCloseAnswerIsNot1014(t *testing.T) {
 			t.Fatal("the client got Close 1014: the server's own closing was taken for an upstream failure")
 		}
 	}
+}
+
+// halfCloseAnswer is a HalfClose tunnel whose client has sent a question
+// and Close 1000, whose upstream has read the question to its EOF and
+// begun to answer, and whose client has that first part.
+type halfCloseAnswer struct {
+	client, upstream net.Conn
+	tun              *Tunnel
+	ended            <-chan End
+	fr               *frameReader
+}
+
+func answeringHalfClose(t *testing.T) halfCloseAnswer {
+	t.Helper()
+	client, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	tun, ended := started(testConfig(func(c *Config) { c.HalfClose = true }), clientSide, upSide, false)
+	client.Write(maskedFrame(0x82, []byte("question")))
+	client.Write(maskedFrame(0x88, []byte{0x03, 0xe8}))
+	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
+	if all, err := io.ReadAll(upstream); err != nil || string(all) != "question" {
+		t.Fatalf("upstream read %q, %v", all, err)
+	}
+	upstream.Write([]byte("the first part of the answer"))
+	fr := &frameReader{c: client}
+	client.SetReadDeadline(time.Now().Add(ioTimeout))
+	if op, p := fr.next(t); op != wsframe.OpBinary || string(p) != "the first part of the answer" {
+		t.Fatalf("op %d %q, want the first part of the answer", op, p)
+	}
+	return halfCloseAnswer{client: client, upstream: upstream, tun: tun, ended: ended, fr: fr}
 }
