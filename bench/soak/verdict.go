@@ -219,6 +219,24 @@ func (s *soak) resetInBacklog(t *tunnel) bool {
 	return false
 }
 
+// endedInRestart: a tunnel of /restart told 1014, by Caddy's log or by the
+// Close its client got, that ended while its upstream restarted. Which of
+// the tunnel's own close and the reset came first is a matter of
+// microseconds, so the whole restart (to its end and the closing grace)
+// counts, not only the moment the soak marked the connection.
+func (s *soak) endedInRestart(t *tunnel) bool {
+	lg := t.log
+	if t.route != "/restart" || (lg.code != 1014 && t.closeCode != 1014) {
+		return false
+	}
+	for _, r := range s.ev.restarts {
+		if !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(s.cfg.closeGrace+s.cfg.slack)) {
+			return true
+		}
+	}
+	return false
+}
+
 // nearestReload says when the reload closest to ts was, for a message.
 func (s *soak) nearestReload(ts time.Time) string {
 	best := time.Duration(1 << 62)
@@ -240,10 +258,12 @@ func (s *soak) judgeNormal(t *tunnel, name string, ty *tally) {
 	lg := t.log
 	sent := t.sent.Load()
 	bad := func(format string, a ...any) { s.v.add("normal tunnel", name+": "+format, a...) }
-	if lg.code == 1000 && lg.by == "client" && t.closeCode == 1014 && !t.upRestart.IsZero() && !t.upRestart.Before(t.closeSentAt) {
-		// A restart reset the upstream in the middle of its answer to the
-		// client's Close: the client was told 1014, and the rest of the
-		// echo is the restart's (docs/operations.md).
+	if s.endedInRestart(t) {
+		// A restart reset the upstream around the client's Close: before
+		// Caddy read it (the log says 1014 by the upstream) or while the
+		// upstream answered it (the client was told 1014, docs/operations.md).
+		// Either way the rest of the echo is the restart's; what arrived was
+		// checked as a prefix.
 		ty.restartEnded++
 		return
 	}
