@@ -31,9 +31,10 @@ const shardEnv = "WS_TO_TCP_TEST_SHARD"
 const shardsEnv = "WS_TO_TCP_TEST_SHARDS"
 
 // defaultShards: on the 2-core machine the suite is measured on (README,
-// Run the tests), one process took 69 s, two 65 s, three 70 s: the suite
-// is bound by its CPU (about 100 s of it under -race), and each shard adds
-// its own start-up and contention.
+// Run the tests), go test -race ./... took 66 s with one process, 60 s
+// with two and 63 s with three, one after the other: the suite is bound by
+// its CPU (about 95 s of it under -race), and each shard adds its own
+// start-up and contention.
 const defaultShards = 2
 
 // runShards runs the selected tests in shards and returns the exit code,
