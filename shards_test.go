@@ -237,3 +237,26 @@ func TestAssignShards(t *testing.T) {
 		t.Fatalf("assignShards: %v, want %v", got, want)
 	}
 }
+
+// The children skip the race runtime's exit sleep, keeping the rest of
+// GORACE, unless GORACE sets the sleep itself.
+func TestChildEnvGORACE(t *testing.T) {
+	for _, c := range []struct{ set, want string }{
+		{"", "GORACE=atexit_sleep_ms=0"},
+		{"halt_on_error=1", "GORACE=halt_on_error=1 atexit_sleep_ms=0"},
+		{"atexit_sleep_ms=500", "GORACE=atexit_sleep_ms=500"},
+	} {
+		t.Setenv("GORACE", c.set)
+		env := childEnv()
+		// exec.Cmd uses the last of duplicate keys.
+		last := ""
+		for _, kv := range env {
+			if strings.HasPrefix(kv, "GORACE=") {
+				last = kv
+			}
+		}
+		if last != c.want {
+			t.Errorf("GORACE=%q: the children get %q, want %q", c.set, last, c.want)
+		}
+	}
+}
