@@ -28,11 +28,11 @@ func proxyVersion(setting string) int {
 
 // proxyHeader returns the header of the given version (1 or 2) for a
 // connection from src to dst. Both are needed: when either is unknown
-// (invalid), the header says so (v1 UNKNOWN, v2 an unspecified address
-// family), and the upstream then uses the connection's own addresses. When the two are of
-// different families, both are sent as IPv6 (the IPv4 one mapped).
+// (invalid), the header says so (see addressless), and the upstream then
+// uses the connection's own addresses. When the two are of different
+// families, both are sent as IPv6 (the IPv4 one mapped).
 func proxyHeader(version int, src, dst netip.AddrPort) []byte {
-	h := &proxyproto.Header{Version: byte(version), Command: proxyproto.PROXY, TransportProtocol: proxyproto.UNSPEC}
+	h := addressless(version, proxyproto.PROXY)
 	if s, d, v4, ok := proxyFamily(src, dst); ok {
 		h.TransportProtocol = proxyproto.TCPv6
 		if v4 {
@@ -46,8 +46,7 @@ func proxyHeader(version int, src, dst netip.AddrPort) []byte {
 		// Format refuses only addresses that are not of the header's
 		// family, which proxyFamily rules out; were it to happen, the
 		// upstream is told the addresses are unknown.
-		h.TransportProtocol, h.SourceAddr, h.DestinationAddr = proxyproto.UNSPEC, nil, nil
-		b, _ = h.Format()
+		b, _ = addressless(version, proxyproto.PROXY).Format()
 	}
 	return b
 }
@@ -55,9 +54,15 @@ func proxyHeader(version int, src, dst netip.AddrPort) []byte {
 // proxyHealthHeader is the header of a health-check connection, which is
 // relayed for no client: v1 UNKNOWN, v2 LOCAL.
 func proxyHealthHeader(version int) []byte {
-	h := &proxyproto.Header{Version: byte(version), Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
-	b, _ := h.Format() // an address-less header always formats
+	b, _ := addressless(version, proxyproto.LOCAL).Format() // an address-less header always formats
 	return b
+}
+
+// addressless is a header without addresses. Its transport protocol is
+// the zero value, the unknown one: proxyproto writes it as v1 UNKNOWN and
+// as v2's unknown address family with no address block.
+func addressless(version int, cmd proxyproto.ProtocolVersionAndCommand) *proxyproto.Header {
+	return &proxyproto.Header{Version: byte(version), Command: cmd}
 }
 
 // proxyFamily unmaps src and dst, drops their zones and tells whether
