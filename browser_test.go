@@ -25,24 +25,13 @@ import (
 
 const chromiumPath = "/usr/bin/chromium"
 
-// inCI reports whether the tests run in CI, where a missing tool is a
-// failure, never a skip.
-func inCI() bool {
-	v := strings.ToLower(os.Getenv("CI"))
-	return v != "" && v != "false" && v != "0"
-}
-
 // requireTools fails the test in CI, and skips it elsewhere, when one of
 // the files a browser test needs is missing.
 func requireTools(t *testing.T, install string, paths ...string) {
 	t.Helper()
 	for _, p := range paths {
 		if _, err := os.Stat(p); err != nil {
-			msg := fmt.Sprintf("%s is missing (%v): install it with `%s` (.ci/run does)", p, err, install)
-			if inCI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
+			unavailable(t, "%s is missing (%v): install it with `%s` (.ci/run does)", p, err, install)
 		}
 	}
 }

@@ -31,10 +31,10 @@ const e2eNodeDir = "testdata/e2e"
 func needNodeModules(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
-		missingTool(t, "node not installed")
+		unavailable(t, "node not installed")
 	}
 	if _, err := os.Stat(filepath.Join(e2eNodeDir, "node_modules")); err != nil {
-		missingTool(t, "run `npm ci --prefix %s` first (.ci/run does)", e2eNodeDir)
+		unavailable(t, "run `npm ci --prefix %s` first (.ci/run does)", e2eNodeDir)
 	}
 }
 
@@ -45,7 +45,7 @@ func startMosquitto(t *testing.T) (int, *lockedBuffer) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
-			missingTool(t, "mosquitto not installed (Debian: mosquitto; .ci/run installs it)")
+			unavailable(t, "mosquitto not installed (Debian: mosquitto; .ci/run installs it)")
 		}
 	}
 	u, err := user.Current()
@@ -133,7 +133,7 @@ func TestE2EMQTTJSOverWebSocket(t *testing.T) {
 func TestE2EMosquittoClientsThroughTCPToWS(t *testing.T) {
 	for _, prog := range []string{"mosquitto_sub", "mosquitto_pub"} {
 		if _, err := exec.LookPath(prog); err != nil {
-			missingTool(t, "%s not installed (Debian: mosquitto-clients)", prog)
+			unavailable(t, "%s not installed (Debian: mosquitto-clients)", prog)
 		}
 	}
 	t.Parallel()

@@ -40,7 +40,7 @@ func startPostgres(t *testing.T) int {
 		bindir = strings.TrimSpace(string(out))
 	}
 	if _, err := os.Stat(filepath.Join(bindir, "initdb")); err != nil {
-		missingTool(t, "PostgreSQL not installed (Debian: postgresql; .ci/run installs it)")
+		unavailable(t, "PostgreSQL not installed (Debian: postgresql; .ci/run installs it)")
 	}
 	// Not t.TempDir: its parent is private to the test's user.
 	dir, err := os.MkdirTemp("", "e2e-postgres-")
@@ -52,7 +52,7 @@ func startPostgres(t *testing.T) int {
 	if os.Geteuid() == 0 {
 		pg, err := user.Lookup("postgres")
 		if err != nil {
-			missingTool(t, "running as root and there is no postgres user to run PostgreSQL as")
+			unavailable(t, "running as root and there is no postgres user to run PostgreSQL as")
 		}
 		uid, _ := strconv.Atoi(pg.Uid)
 		gid, _ := strconv.Atoi(pg.Gid)
@@ -117,7 +117,7 @@ func startPostgres(t *testing.T) int {
 func psql(t *testing.T, host, port, sql string) string {
 	t.Helper()
 	if _, err := exec.LookPath("psql"); err != nil {
-		missingTool(t, "psql not installed (Debian: postgresql-client)")
+		unavailable(t, "psql not installed (Debian: postgresql-client)")
 	}
 	cmd := exec.Command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "app", "-d", "postgres", "-c", sql)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+pgPassword, "PGCONNECT_TIMEOUT=30")

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -281,10 +280,7 @@ func TestExtendedConnectOtherProtocolFallsThrough(t *testing.T) {
 func TestExtendedConnectNodeHTTP2(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node is not installed; .ci/run installs it")
-		}
-		t.Skip("node is not installed (Debian's nodejs)")
+		unavailable(t, "node is not installed (Debian's nodejs; .ci/run installs it)")
 	}
 	up := echoUpstream(t)
 	s := startTLSSite(t, `{HTTPS} {

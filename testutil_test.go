@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -121,4 +122,22 @@ func handlerTunnels(h *Handler) int {
 		}
 	}
 	return n
+}
+
+// inCI reports whether the tests run in CI (CI set, and not false or 0),
+// where .ci/run installs every tool and frees every port the tests need.
+func inCI() bool {
+	v := strings.ToLower(os.Getenv("CI"))
+	return v != "" && v != "false" && v != "0"
+}
+
+// unavailable skips a test whose third-party program or fixed port is not
+// available, outside CI; in CI it fails: a skipped end-to-end test must
+// never pass for a run that claims them.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if inCI() {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
 }
