@@ -208,15 +208,7 @@ func (s *soak) externalEnd(t *tunnel, ty *tally) bool {
 // upstream during the restart.
 func (s *soak) resetInBacklog(t *tunnel) bool {
 	lg := t.log
-	if lg == nil || t.upSeen || t.route != "/restart" || lg.code != 1014 || lg.by != "upstream" {
-		return false
-	}
-	for _, r := range s.ev.restarts {
-		if !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(s.cfg.closeGrace+s.cfg.slack)) {
-			return true
-		}
-	}
-	return false
+	return lg != nil && !t.upSeen && t.route == "/restart" && lg.code == 1014 && lg.by == "upstream" && s.duringRestart(lg.ts)
 }
 
 // endedInRestart: a tunnel of /restart told 1014, by Caddy's log or by the
@@ -226,11 +218,14 @@ func (s *soak) resetInBacklog(t *tunnel) bool {
 // counts, not only the moment the soak marked the connection.
 func (s *soak) endedInRestart(t *tunnel) bool {
 	lg := t.log
-	if t.route != "/restart" || (lg.code != 1014 && t.closeCode != 1014) {
-		return false
-	}
+	return t.route == "/restart" && (lg.code == 1014 || t.closeCode == 1014) && s.duringRestart(lg.ts)
+}
+
+// duringRestart: ts is within an upstream restart, from its start to the
+// closing grace (and slack) after its end.
+func (s *soak) duringRestart(ts time.Time) bool {
 	for _, r := range s.ev.restarts {
-		if !lg.ts.Before(r.start) && lg.ts.Before(r.end.Add(s.cfg.closeGrace+s.cfg.slack)) {
+		if !ts.Before(r.start) && ts.Before(r.end.Add(s.cfg.closeGrace+s.cfg.slack)) {
 			return true
 		}
 	}
