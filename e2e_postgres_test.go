@@ -35,11 +35,11 @@ const pgPassword = "e2e-s3cret"
 // returns the server's port.
 func startPostgres(t *testing.T) int {
 	t.Helper()
-	bindir := "/usr/lib/postgresql/15/bin"
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		bindir = strings.TrimSpace(string(out))
-	}
-	if _, err := os.Stat(filepath.Join(bindir, "initdb")); err != nil {
+	// Debian keeps the server's programs in a directory per major version,
+	// which its pg_config (postgresql-common) names.
+	pgConfig, _ := exec.Command("pg_config", "--bindir").Output()
+	bindir := strings.TrimSpace(string(pgConfig))
+	if _, err := os.Stat(filepath.Join(bindir, "initdb")); bindir == "" || err != nil {
 		unavailable(t, "PostgreSQL not installed (Debian: postgresql; .ci/run installs it)")
 	}
 	// Not t.TempDir: its parent is private to the test's user.
